@@ -1,0 +1,35 @@
+# Every target sets itself up: a fresh Debian / Raspberry Pi OS machine needs nothing else.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup apt demo test lint bench clean
+
+setup: apt $(STAMP)
+
+apt:
+	@scripts/ensure-apt.sh
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/streamer demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check streamer tests bench
+	$(BIN)/ruff format --check streamer tests bench
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python bench/cpu.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install the Debian packages streamer needs when they are missing.
+# As root it installs them; otherwise it prints the command to run and fails.
+set -euo pipefail
+packages=(nginx libnginx-mod-rtmp libnginx-mod-stream ffmpeg libasound2-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+    echo "streamer needs these packages and this system has no apt-get: ${missing[*]}" >&2
+    exit 1
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "streamer needs these Debian packages. Install them, then run make again:" >&2
+    echo "    sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+echo "installing missing packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,72 @@
+"""Interfaces every capture backend implements, and the registry that picks one by name.
+
+Sources block in ``read()`` until the next frame or period is captured and
+return it with its capture instant in monotonic seconds; they are read from
+a dedicated thread, never from the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from streamer.exc import ConfigError
+
+
+class VideoSource(Protocol):
+    width: int
+    height: int
+    fps: float
+
+    def open(self) -> None: ...
+    def read(self) -> tuple[av.VideoFrame, float]: ...
+    def close(self) -> None: ...
+
+
+class AudioSource(Protocol):
+    sample_rate: int
+    channels: int
+
+    def open(self) -> None: ...
+    def read(self) -> tuple[npt.NDArray[np.int16], float]: ...
+    def close(self) -> None: ...
+
+
+CameraFactory = Callable[[str | None, int, int, float], VideoSource]
+MicrophoneFactory = Callable[[str | None], AudioSource]
+
+
+def _split(spec: str) -> tuple[str, str | None]:
+    name, _, arg = spec.partition(":")
+    return name.strip().lower(), (arg or None)
+
+
+def make_camera(spec: str, width: int, height: int, fps: float) -> VideoSource:
+    """Build the camera backend named by ``spec`` (``sim``, later ``picamera2``, ``v4l2:DEV``)."""
+    from streamer.hardware import sim
+
+    cameras: dict[str, CameraFactory] = {
+        "sim": lambda _arg, w, h, f: sim.SimCamera(w, h, f),
+    }
+    name, arg = _split(spec)
+    if name not in cameras:
+        raise ConfigError(f"unknown camera {name!r}; available: {', '.join(sorted(cameras))}")
+    return cameras[name](arg, width, height, fps)
+
+
+def make_microphone(spec: str) -> AudioSource | None:
+    """Build the microphone backend named by ``spec``; ``none`` means video only."""
+    from streamer.hardware import sim
+
+    microphones: dict[str, MicrophoneFactory] = {"sim": lambda _arg: sim.SimMicrophone()}
+    name, arg = _split(spec)
+    if name == "none":
+        return None
+    if name not in microphones:
+        choices = ", ".join([*sorted(microphones), "none"])
+        raise ConfigError(f"unknown microphone {name!r}; available: {choices}")
+    return microphones[name](arg)

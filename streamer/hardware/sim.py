@@ -1,0 +1,137 @@
+"""Simulated camera and microphone: the device's twin on a laptop and in CI.
+
+Both are paced to real time from the monotonic clock, like real capture,
+and stamp each frame/period with its capture instant. Pictures are built
+from precomputed arrays (roll and slice) because per-pixel Python at 720p30
+would cost more CPU than the encoder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+# 3x5 bitmap digits, one string per row.
+_FONT = {
+    "0": ("###", "#.#", "#.#", "#.#", "###"),
+    "1": (".#.", "##.", ".#.", ".#.", "###"),
+    "2": ("###", "..#", "###", "#..", "###"),
+    "3": ("###", "..#", "###", "..#", "###"),
+    "4": ("#.#", "#.#", "###", "..#", "..#"),
+    "5": ("###", "#..", "###", "..#", "###"),
+    "6": ("###", "#..", "###", "#.#", "###"),
+    "7": ("###", "..#", "..#", "..#", "..#"),
+    "8": ("###", "#.#", "###", "#.#", "###"),
+    "9": ("###", "#.#", "###", "..#", "###"),
+}
+COUNTER_DIGITS = 6
+
+
+def digit_masks(scale: int) -> dict[str, npt.NDArray[np.bool_]]:
+    """Each digit as a boolean mask of (5*scale, 3*scale) pixels."""
+    masks = {}
+    for ch, rows in _FONT.items():
+        small = np.array([[c == "#" for c in row] for row in rows], dtype=bool)
+        masks[ch] = np.kron(small, np.ones((scale, scale), dtype=bool)).astype(bool)
+    return masks
+
+
+class Pacer:
+    """Sleeps until each period's deadline; if capture fell behind, it skips ahead."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._next: float | None = None
+
+    def wait(self) -> float:
+        now = time.monotonic()
+        if self._next is None:
+            self._next = now
+        elif self._next > now:
+            time.sleep(self._next - now)
+            now = time.monotonic()
+        elif now - self._next > self.period:
+            self._next = now  # too late: don't burst to catch up
+        self._next += self.period
+        return now
+
+
+class SimCamera:
+    """A moving test pattern with a frame counter in the top-left corner."""
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        self.width, self.height, self.fps = width, height, fps
+        self.frames = 0
+        self._pacer = Pacer(1.0 / fps)
+        w, h = width, height
+        x = np.arange(w, dtype=np.float32)
+        y = np.arange(h, dtype=np.float32)[:, None]
+        luma = 40 + 150 * (0.5 + 0.5 * np.sin(2 * math.pi * (x / 160.0 + y / 240.0)))
+        self._y = luma.astype(np.uint8)
+        cx = np.arange(w // 2)
+        bars = (cx * 8 // max(1, w // 2)).astype(np.int64)
+        u_levels = np.array([128, 44, 156, 72, 184, 100, 212, 128], dtype=np.uint8)
+        v_levels = np.array([128, 142, 44, 58, 198, 212, 114, 128], dtype=np.uint8)
+        self._u = np.tile(u_levels[bars], (h // 2, 1))
+        self._v = np.tile(v_levels[bars], (h // 2, 1))
+        self._scale = max(2, h // 60)
+        self._masks = digit_masks(self._scale)
+        self._step = max(1, w // 160)
+
+    def open(self) -> None:
+        self._pacer = Pacer(1.0 / self.fps)
+
+    def picture(self, n: int) -> npt.NDArray[np.uint8]:
+        """The yuv420p picture of frame ``n`` as one (h*3/2, w) array."""
+        shift = (n * self._step) % self.width
+        y = np.roll(self._y, shift, axis=1)
+        s = self._scale
+        box_h, box_w = 7 * s, (4 * COUNTER_DIGITS + 1) * s
+        y[:box_h, :box_w] = 16
+        for i, ch in enumerate(f"{n % 10**COUNTER_DIGITS:0{COUNTER_DIGITS}d}"):
+            x0 = s + 4 * s * i
+            y[s : 6 * s, x0 : x0 + 3 * s][self._masks[ch]] = 235
+        u = np.roll(self._u, shift // 2, axis=1)
+        v = np.roll(self._v, shift // 2, axis=1)
+        flat = np.concatenate([y.ravel(), u.ravel(), v.ravel()])
+        return flat.reshape(self.height * 3 // 2, self.width)
+
+    def read(self) -> tuple[av.VideoFrame, float]:
+        captured = self._pacer.wait()
+        frame = av.VideoFrame.from_ndarray(self.picture(self.frames), format="yuv420p")
+        self.frames += 1
+        return frame, captured
+
+    def close(self) -> None:
+        pass
+
+
+class SimMicrophone:
+    """A stereo 440 Hz tone at 48 kHz in 1024-sample periods."""
+
+    def __init__(
+        self, sample_rate: int = 48000, channels: int = 2, period: int = 1024, freq: float = 440.0
+    ) -> None:
+        self.sample_rate, self.channels, self.period = sample_rate, channels, period
+        self.freq = freq
+        n = np.arange(sample_rate)  # one second: a whole number of cycles for integer freq
+        tone = (0.3 * 32767 * np.sin(2 * math.pi * freq * n / sample_rate)).astype(np.int16)
+        self._table = np.repeat(tone[:, None], channels, axis=1)
+        self._pos = 0
+        self._pacer = Pacer(period / sample_rate)
+
+    def open(self) -> None:
+        self._pacer = Pacer(self.period / self.sample_rate)
+
+    def read(self) -> tuple[npt.NDArray[np.int16], float]:
+        captured = self._pacer.wait()
+        idx = (self._pos + np.arange(self.period)) % len(self._table)
+        self._pos = (self._pos + self.period) % len(self._table)
+        return self._table[idx], captured
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,325 @@
+"""Our asyncio RTMP publisher.
+
+FFmpeg's RTMP output blocks forever on a stalled server and hides what it
+drops; this one never waits longer than its timeouts, writes only as fast as
+the socket accepts (small transport buffer + drain) so the send queue above
+it sees the real link, and turns every server refusal into PublishRejected
+with the server's own words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from typing import Any
+
+import structlog
+
+from streamer.exc import (
+    ConnectFailed,
+    ConnectionLost,
+    ProtocolError,
+    PublishRejected,
+    StreamerError,
+)
+from streamer.rtmp import message as msg
+from streamer.rtmp.chunk import ChunkReader, ChunkWriter, Message
+from streamer.rtmp.handshake import client_handshake
+from streamer.rtmp.url import RtmpUrl
+
+log = structlog.get_logger("streamer.rtmp")
+
+CHUNK_SIZE = 4096
+WRITE_BUFFER_HIGH = 64 * 1024
+FLASH_VERSION = "FMLE/3.0 (compatible; streamer)"
+
+
+class RtmpPublisher:
+    """One publishing session: connect → publish → send media → unpublish."""
+
+    def __init__(
+        self,
+        url: RtmpUrl,
+        *,
+        timeout: float = 10.0,
+        stall_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.stall_timeout = stall_timeout
+        self._ssl = ssl_context
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._out = ChunkWriter()
+        self._in = ChunkReader()
+        self._read_task: asyncio.Task[None] | None = None
+        self._pending: dict[float, asyncio.Future[msg.Command]] = {}
+        self._publish_status: asyncio.Future[dict[str, Any]] | None = None
+        self._next_transaction = 1.0
+        self._phase = "idle"
+        self._failure: StreamerError | None = None
+        self.stream_id = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._ack_window = 0
+        self._last_ack = 0
+
+    # -- connection ---------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open TCP (or TLS), handshake, connect, create the stream and publish."""
+        host, port = self.url.host, self.url.port
+        log.info("connecting", url=self.url.redacted)
+        self._phase = "tcp"
+        context = self._ssl
+        if self.url.tls and context is None:
+            context = ssl.create_default_context()
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=context, limit=1 << 20),
+                self.timeout,
+            )
+        except TimeoutError:
+            raise ConnectFailed(
+                f"could not connect to {host}:{port}: no answer within {self.timeout:g} s"
+            ) from None
+        except socket.gaierror:
+            raise ConnectFailed(f"could not connect: unknown host {host!r}") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectFailed(
+                f"TLS certificate of {host} is not trusted: {exc.verify_message}"
+            ) from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConnectFailed(f"could not connect to {host}:{port}: {reason}") from None
+        self._writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        sock = self._writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._phase = "handshake"
+        await client_handshake(self._reader, self._writer, self.timeout)
+        self._read_task = asyncio.create_task(self._read_loop(), name="rtmp-reader")
+        await self._send(msg.set_chunk_size(CHUNK_SIZE))
+        self._out.set_chunk_size(CHUNK_SIZE)
+
+        self._phase = "connect"
+        await self._call(
+            "connect",
+            {
+                "app": self.url.app,
+                "type": "nonprivate",
+                "flashVer": FLASH_VERSION,
+                "tcUrl": self.url.tc_url,
+            },
+        )
+        key = self.url.key
+        await self._send(msg.command("releaseStream", self._transaction(), None, key))
+        await self._send(msg.command("FCPublish", self._transaction(), None, key))
+        self._phase = "createStream"
+        result = await self._call("createStream", None)
+        stream_id = next((a for a in result.args if isinstance(a, float)), None)
+        if stream_id is None:
+            raise ProtocolError("server answered createStream without a stream id")
+        self.stream_id = int(stream_id)
+
+        self._phase = "publish"
+        loop = asyncio.get_running_loop()
+        self._publish_status = loop.create_future()
+        await self._send(
+            msg.command("publish", self._transaction(), None, key, "live", stream_id=self.stream_id)
+        )
+        await self._wait(self._publish_status, "publish")
+        self._phase = "live"
+        log.info("published", url=self.url.redacted, stream_id=self.stream_id)
+
+    async def close(self) -> None:
+        """Unpublish if live (so the server ends the stream cleanly), then close."""
+        if self._writer is None:
+            return
+        if self._phase == "live" and self._failure is None:
+            key = self.url.key
+            with contextlib.suppress(StreamerError, OSError):
+                await self._send(msg.command("FCUnpublish", self._transaction(), None, key))
+                await self._send(
+                    msg.command("deleteStream", self._transaction(), None, float(self.stream_id))
+                )
+            log.info("unpublished", url=self.url.redacted)
+        self._phase = "closed"
+        writer, self._writer = self._writer, None
+        writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer.wait_closed(), 2.0)
+        if self._read_task is not None:
+            self._read_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._read_task
+
+    # -- media ----------------------------------------------------------------
+
+    async def send_metadata(self, metadata: dict[str, Any]) -> None:
+        await self._send(
+            msg.data("@setDataFrame", "onMetaData", metadata, stream_id=self.stream_id)
+        )
+
+    async def send_audio(self, timestamp_ms: int, body: bytes) -> None:
+        await self._send(Message(msg.CSID_AUDIO, timestamp_ms, msg.AUDIO, self.stream_id, body))
+
+    async def send_video(self, timestamp_ms: int, body: bytes) -> None:
+        await self._send(Message(msg.CSID_VIDEO, timestamp_ms, msg.VIDEO, self.stream_id, body))
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes accepted by us but not yet by the kernel."""
+        return self._writer.transport.get_write_buffer_size() if self._writer else 0
+
+    # -- internals ----------------------------------------------------------
+
+    def _transaction(self) -> float:
+        self._next_transaction += 1
+        return self._next_transaction
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._writer is None:
+            raise ConnectionLost("connection is closed")
+
+    async def _send(self, message: Message) -> None:
+        """Write one message and wait until the socket has taken most of it."""
+        self._raise_if_failed()
+        assert self._writer is not None
+        data = self._out.encode(message)
+        self._writer.write(data)
+        self.bytes_sent += len(data)
+        try:
+            await asyncio.wait_for(self._writer.drain(), self.stall_timeout)
+        except TimeoutError:
+            self._fail(
+                ConnectionLost(f"server accepted no data for {self.stall_timeout:g} s (stalled)")
+            )
+        except (ConnectionError, OSError) as exc:
+            self._fail(ConnectionLost(f"connection lost while sending: {exc}"))
+        self._raise_if_failed()
+
+    async def _call(self, name: str, *args: Any) -> msg.Command:
+        transaction = self._transaction()
+        future: asyncio.Future[msg.Command] = asyncio.get_running_loop().create_future()
+        self._pending[transaction] = future
+        try:
+            await self._send(msg.command(name, transaction, *args))
+            return await self._wait(future, name)
+        finally:
+            self._pending.pop(transaction, None)
+
+    async def _wait(self, future: asyncio.Future[Any], what: str) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except TimeoutError:
+            raise ConnectFailed(
+                f"server did not answer {what} within {self.timeout:g} s"
+            ) from None
+
+    def _fail(self, error: StreamerError) -> None:
+        """Record the first failure and wake everybody waiting on the server."""
+        if self._failure is None:
+            self._failure = error
+            if self._phase == "live":
+                log.warning("connection lost", reason=error.message)
+        for future in [*self._pending.values(), self._publish_status]:
+            if future is not None and not future.done():
+                future.set_exception(self._failure)
+                future.exception()  # mark retrieved: the waiter may already be gone
+
+    def _closed_by_server(self) -> StreamerError:
+        if self._phase == "connect":
+            return PublishRejected(
+                "NetConnection.Connect.Rejected",
+                f"server closed the connection in answer to connect; "
+                f"is the application {self.url.app!r} right?",
+            )
+        if self._phase == "publish":
+            return PublishRejected(
+                "NetStream.Publish.Rejected",
+                "server closed the connection in answer to publish; is the stream key right?",
+            )
+        return ConnectionLost("server closed the connection")
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        try:
+            while True:
+                data = await self._reader.read(65536)
+                if not data:
+                    self._fail(self._closed_by_server())
+                    return
+                self._count_received(len(data))
+                try:
+                    messages = self._in.feed(data)
+                except ValueError as exc:
+                    self._fail(ProtocolError(f"server sent invalid RTMP: {exc}"))
+                    return
+                for message in messages:
+                    self._dispatch(message)
+        except (ConnectionError, OSError) as exc:
+            self._fail(ConnectionLost(f"connection lost: {exc}"))
+        except StreamerError as exc:
+            self._fail(exc)
+
+    def _count_received(self, n: int) -> None:
+        self.bytes_received += n
+        if self._ack_window and self.bytes_received - self._last_ack >= self._ack_window:
+            self._last_ack = self.bytes_received
+            self._write_now(msg.acknowledgement(self.bytes_received))
+
+    def _write_now(self, message: Message) -> None:
+        """Small control replies from the reader: written without waiting."""
+        if self._writer is not None and not self._writer.is_closing():
+            data = self._out.encode(message)
+            self._writer.write(data)
+            self.bytes_sent += len(data)
+
+    def _dispatch(self, message: Message) -> None:
+        try:
+            if message.type_id == msg.WINDOW_ACK_SIZE:
+                self._ack_window = msg.u32(message.payload)
+            elif message.type_id == msg.USER_CONTROL:
+                payload = message.payload
+                if len(payload) >= 6 and int.from_bytes(payload[:2], "big") == msg.PING_REQUEST:
+                    self._write_now(msg.ping_response(payload[2:6]))
+            elif message.type_id == msg.COMMAND_AMF0:
+                self._on_command(msg.parse_command(message.payload))
+        except ValueError as exc:
+            raise ProtocolError(f"server sent an invalid message: {exc}") from None
+        # Set Chunk Size and Abort are applied by the chunk reader; Set Peer
+        # Bandwidth and Acknowledgement need nothing from a publisher.
+
+    def _on_command(self, command: msg.Command) -> None:
+        info = command.info()
+        code = str(info.get("code", ""))
+        description = str(info.get("description", ""))
+        if command.name in ("_result", "_error"):
+            future = self._pending.get(command.transaction)
+            if future is None or future.done():
+                return
+            if command.name == "_result":
+                future.set_result(command)
+            else:
+                future.set_exception(PublishRejected(code or "_error", description))
+        elif command.name == "onStatus":
+            self._on_status(code, str(info.get("level", "")), description, info)
+
+    def _on_status(self, code: str, level: str, description: str, info: dict[str, Any]) -> None:
+        log.debug("server status", code=code, level=level, description=description)
+        waiting = self._publish_status
+        if waiting is not None and not waiting.done():
+            if code == "NetStream.Publish.Start":
+                waiting.set_result(info)
+            elif level == "error" or code.endswith(("BadName", "Rejected", "Failed")):
+                waiting.set_exception(PublishRejected(code, description))
+                waiting.exception()
+        elif level == "error":
+            self._fail(ConnectionLost(f"server ended the stream: {code} {description}".strip()))
