@@ -189,50 +189,41 @@ class ChunkReader:
             csid = 64 + buf[p] + (buf[p + 1] << 8 if extra == 2 else 0)
             p += extra
         st = self._streams.get(csid)
-        if st is None and fmt != 0:
-            raise ValueError(f"chunk fmt {fmt} on chunk stream {csid} before any full header")
-        if st is not None and st.payload and fmt != 3:
+        if st is None:
+            if fmt != 0:
+                raise ValueError(f"chunk fmt {fmt} on chunk stream {csid} before any full header")
+            st = _Received()  # registered once the chunk is complete
+        if st.payload and fmt != 3:
             raise ValueError(f"new message header on chunk stream {csid} inside a message")
         if end - p < _HEADER_SIZE[fmt]:
             return False, None
-        if fmt == 3:
-            assert st is not None
-            extended, length, type_id, stream_id = st.extended, st.length, st.type_id, st.stream_id
-            value = st.delta
-        else:
+        # Fields a compressed header leaves out are inherited from the previous one.
+        value, extended = st.delta, st.extended
+        length, type_id, stream_id = st.length, st.type_id, st.stream_id
+        if fmt <= 2:
             value = int.from_bytes(buf[p : p + 3], "big")
             extended = value == _EXTENDED
-            if fmt <= 1:
-                length = int.from_bytes(buf[p + 3 : p + 6], "big")
-                type_id = buf[p + 6]
-            else:
-                assert st is not None
-                length, type_id = st.length, st.type_id
-            if fmt == 0:
-                stream_id = int.from_bytes(buf[p + 7 : p + 11], "little")
-            else:
-                assert st is not None
-                stream_id = st.stream_id
+        if fmt <= 1:
+            length = int.from_bytes(buf[p + 3 : p + 6], "big")
+            type_id = buf[p + 6]
+        if fmt == 0:
+            stream_id = int.from_bytes(buf[p + 7 : p + 11], "little")
         p += _HEADER_SIZE[fmt]
         if extended:
             if end - p < 4:
                 return False, None
-            ext_value = int.from_bytes(buf[p : p + 4], "big")
+            value = int.from_bytes(buf[p : p + 4], "big")  # unused on a continuation
             p += 4
-            if st is None or not st.payload:  # a continuation repeats it: ignore there
-                value = ext_value
         if length > self._max_message_size:
             raise ValueError(
                 f"RTMP message of {length} bytes exceeds the {self._max_message_size} limit"
             )
-        received = len(st.payload) if st is not None else 0
-        take = min(length - received, self._chunk_size)
+        take = min(length - len(st.payload), self._chunk_size)
         if end - p < take:
             return False, None
 
         # The whole chunk is buffered: commit.
-        if st is None:
-            st = self._streams[csid] = _Received()
+        self._streams[csid] = st
         if not st.payload:  # first chunk of a message: its header values become current
             if fmt == 0:
                 st.timestamp = value

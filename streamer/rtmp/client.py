@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import socket
 import ssl
 from typing import Any
@@ -93,7 +95,9 @@ class RtmpPublisher:
                 f"TLS certificate of {host} is not trusted: {exc.verify_message}"
             ) from None
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            if exc.errno == errno.ECONNREFUSED:
+                reason += " (is the RTMP server running and listening on this port?)"
             raise ConnectFailed(f"could not connect to {host}:{port}: {reason}") from None
         self._writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         sock = self._writer.get_extra_info("socket")

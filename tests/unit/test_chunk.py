@@ -95,7 +95,7 @@ def test_header_format_choice_follows_previous_message_on_the_csid() -> None:
         (Message(4, 190, 8, 7, p12), 0),  # message stream id changes
         (Message(5, 190, 8, 7, p12), 0),  # another csid has its own state
     ]
-    encoded = [w.encode(m) for m in seq]
+    encoded = [w.encode(m) for m, _ in seq]
     assert [fmt_of(b) for b in encoded] == [f for _, f in seq]
     assert ChunkReader().feed(b"".join(encoded)) == [m for m, _ in seq]
 
@@ -313,6 +313,7 @@ def mixed_stream() -> tuple[bytes, list[Message]]:
         Message(4, 0x1FFFFFF + 40, 9, 1, payload(400, 2)),
         Message(4, 0x1FFFFFF + 80, 9, 1, payload(400, 3)),
         Message(320, 7, 8, 1, payload(3, 4)),
+        Message(5, 0x2000000, 20, 0, b""),  # extended timestamp and nothing after it
         set_chunk_size(64),
     ]
     data = encode_all(w, msgs)
@@ -356,7 +357,7 @@ def test_abort_discards_the_partial_message() -> None:
     )
     assert ChunkReader().feed(data) == [abort, Message(4, 50, 9, 1, b"new")]
     # Without the abort the new header inside an unfinished message is malformed.
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="inside a message"):
         ChunkReader().feed(fmt0(4, 0, 300, 9, 1) + a[:128] + fmt0(4, 50, 3, 9, 1) + b"new")
 
 
@@ -364,8 +365,11 @@ def test_abort_discards_the_partial_message() -> None:
     "body", [b"\x00\x00\x00\x00", b"\x80\x00\x00\x00", b"\xff\xff\xff\xff", b"\x00\x01"]
 )
 def test_invalid_set_chunk_size_raises(body: bytes) -> None:
+    reader = ChunkReader()
     with pytest.raises(ValueError):
-        ChunkReader().feed(fmt0(2, 0, len(body), 1, 0) + body)
+        reader.feed(fmt0(2, 0, len(body), 1, 0) + body)
+    with pytest.raises(ValueError, match="broken"):  # later valid chunks are not trusted
+        reader.feed(fmt0(3, 0, 1, 9, 0) + b"x")
 
 
 def test_short_abort_raises() -> None:
@@ -395,7 +399,7 @@ def test_compressed_header_without_previous_header_raises(first: bytes) -> None:
 
 
 def test_oversized_message_raises_before_its_payload_arrives() -> None:
-    reader = ChunkReader(max_message_size=1000)
+    reader = ChunkReader(4096, max_message_size=1000)
     assert reader.feed(fmt0(3, 0, 1000, 9, 0) + payload(1000))[0].payload == payload(1000)
     with pytest.raises(ValueError, match="1001"):
         reader.feed(fmt0(3, 0, 1001, 9, 0))  # header only

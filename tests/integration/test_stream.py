@@ -1,0 +1,77 @@
+"""The whole device path against a real nginx-rtmp, judged by what a viewer decodes."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from streamer.localserver import LocalRtmpServer
+from tests.conftest import run_cli, start_cli
+from tests.media_check import MediaReport, analyze_file, dominant_frequency, watch_live
+
+DURATION = 10
+FPS = 30
+AUDIO_FRAMES_PER_S = 48000 / 1024
+
+
+def test_ten_seconds_recorded_by_the_server_decode_completely(
+    rtmp_server: LocalRtmpServer,
+) -> None:
+    result = run_cli(
+        "run", "--url", rtmp_server.url("room"), "--camera", "sim", "--microphone", "sim",
+        "--size", "640x360", "--fps", str(FPS), "--duration", str(DURATION),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    rtmp_server.stop()  # finalises the recording
+    [recording] = rtmp_server.recordings()
+    report = analyze_file(recording)
+
+    assert (report.width, report.height) == (640, 360)
+    assert report.decode_errors == []
+    assert len(report.video_pts_ms) >= 0.97 * DURATION * FPS
+    assert report.frames_decoded == len(report.video_pts_ms)
+    assert len(report.audio_pts_ms) >= 0.97 * DURATION * AUDIO_FRAMES_PER_S
+    assert report.video_keyframes[0], "the first video packet must be a keyframe"
+    # a keyframe every 2 s
+    key_times = [t for t, k in zip(report.video_pts_ms, report.video_keyframes, strict=True) if k]
+    assert len(key_times) >= DURATION // 2
+    assert all(1900 <= b - a <= 2100 for a, b in zip(key_times, key_times[1:], strict=False))
+    for track in (report.video_pts_ms, report.audio_pts_ms):
+        assert all(b > a for a, b in zip(track, track[1:], strict=False)), "timestamps not rising"
+    assert abs(report.audio_pts_ms[0] - report.video_pts_ms[0]) <= 50
+    # the picture is the sim camera's: its frame counter runs without gaps
+    counters = [c for c in report.counters if c is not None]
+    assert len(counters) >= 0.97 * len(report.counters)
+    assert counters == list(range(counters[0], counters[0] + len(counters)))
+    # the sound is the sim microphone's 440 Hz tone
+    freq = dominant_frequency(report.audio_samples()[48000:96000], report.sample_rate)
+    assert abs(freq - 440) <= 5, freq
+
+
+def test_a_viewer_plays_the_stream_live(rtmp_server: LocalRtmpServer) -> None:
+    url = rtmp_server.url("live-room")
+    report = MediaReport()
+    viewer = watch_live(url, seconds=5, report=report)  # the viewer waits for the publisher
+    time.sleep(0.5)
+    publisher = start_cli("run", "--url", url, "--size", "640x360", "--duration", "15")
+    try:
+        viewer.join(timeout=30)
+        assert not viewer.is_alive(), "viewer did not get 5 s of video within 30 s"
+    finally:
+        publisher.terminate()  # SIGTERM: a clean stop
+        _, err = publisher.communicate(timeout=20)
+    assert publisher.returncode == 0, err
+    assert report.decode_errors == []
+    assert report.frames_decoded >= 5 * FPS * 0.97
+    assert (report.width, report.height) == (640, 360)
+    assert report.video_keyframes[0]
+    assert report.audio_frames_decoded > 0
+    # Live means paced: after FFmpeg's probe burst, 3 s of media take about 3 s to arrive.
+    k = next(i for i, t in enumerate(report.video_pts_ms) if t >= report.video_pts_ms[0] + 2000)
+    media_s = (report.video_pts_ms[-1] - report.video_pts_ms[k]) / 1000
+    arrival_s = report.arrivals[-1] - report.arrivals[k]
+    assert media_s >= 2.9
+    assert 0.8 * media_s <= arrival_s <= 1.2 * media_s
+    assert np.all(np.diff(report.video_pts_ms) > 0)
