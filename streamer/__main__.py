@@ -12,7 +12,7 @@ import structlog
 
 from streamer import log as logsetup
 from streamer.app import Settings, Streamer
-from streamer.exc import ConfigError, StreamerError
+from streamer.exc import StreamerError
 from streamer.rtmp.url import parse_url
 
 log = structlog.get_logger("streamer")
@@ -22,7 +22,9 @@ def _size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 1280x720 (got {text!r})")
+        raise argparse.ArgumentTypeError(
+            f"size must be WIDTHxHEIGHT, e.g. 1280x720 (got {text!r})"
+        ) from None
     if not (16 <= w <= 4096 and 16 <= h <= 4096) or w % 2 or h % 2:
         raise argparse.ArgumentTypeError(f"size {text} must be even numbers between 16 and 4096")
     return w, h
@@ -108,8 +110,10 @@ def run_demo(args: argparse.Namespace) -> None:
         url = server.url("demo")
         print(f"local nginx-rtmp listening on 127.0.0.1:{server.port}", flush=True)
         print(f"watch it with:  ffplay -fflags nobuffer {url}", flush=True)
-        print(f"streaming the simulated camera and microphone for {args.duration:g} s "
-              "(Ctrl-C stops)", flush=True)
+        print(
+            f"streaming the simulated camera and microphone for {args.duration:g} s (Ctrl-C stops)",
+            flush=True,
+        )
         asyncio.run(stream(settings_from(args, url)))
         for path in server.recordings():
             print(f"the server recorded {path.stat().st_size / 1e6:.1f} MB ({path.name})")

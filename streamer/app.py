@@ -82,8 +82,13 @@ class PacketHandoff:
 class CaptureThread(threading.Thread):
     """Reads a source, encodes, hands packets off; reports its failure instead of dying."""
 
-    def __init__(self, name: str, step: Callable[[], list[Packet]], flush: Callable[[], list[Packet]],
-                 sink: Callable[[list[Packet]], None]) -> None:
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], list[Packet]],
+        flush: Callable[[], list[Packet]],
+        sink: Callable[[list[Packet]], None],
+    ) -> None:
         super().__init__(name=name, daemon=True)
         self._step, self._flush, self._sink = step, flush, sink
         self.stopping = threading.Event()
@@ -97,7 +102,7 @@ class CaptureThread(threading.Thread):
                 self.count += 1
                 self._sink(packets)
             self._sink(self._flush())
-        except BaseException as exc:  # noqa: BLE001 - reported to the event loop
+        except BaseException as exc:
             self.error = exc
             log.error("capture failed", thread=self.name, error=str(exc))
 
@@ -126,7 +131,7 @@ class Streamer:
             self.camera.open()
         except StreamerError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any backend failure names the camera
+        except Exception as exc:
             raise DeviceError(f"camera {s.camera!r} could not be opened: {exc}") from exc
         if self.microphone:
             self.microphone.open()

@@ -84,7 +84,9 @@ class LocalRtmpServer:
     def start(self, timeout: float = 10.0) -> None:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(nginx):
-            raise StreamerError("nginx is not installed: run `make setup` (apt: nginx libnginx-mod-rtmp)")
+            raise StreamerError(
+                "nginx is not installed: run `make setup` (apt: nginx libnginx-mod-rtmp)"
+            )
         # The worker runs as nobody when we are root: it must reach and write the record dir.
         self.dir.chmod(0o755)
         self.record_dir.mkdir(exist_ok=True)
@@ -102,8 +104,9 @@ class LocalRtmpServer:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
                 raise StreamerError(f"nginx-rtmp failed to start: {err.strip()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
                 return
             time.sleep(0.05)

@@ -30,8 +30,8 @@ def redact(text: str) -> str:
     return text
 
 
-def _redact_rendered(_logger: Any, _name: str, rendered: str) -> str:
-    return redact(rendered)
+def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> Any:
+    return redact(rendered) if isinstance(rendered, str) else rendered
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:

@@ -53,8 +53,12 @@ def read_counter(luma: npt.NDArray[np.uint8], height: int) -> int | None:
     return int("".join(digits))
 
 
-def _decode(container: av.container.InputContainer, report: MediaReport, until_s: float | None,
-            keep_audio: bool) -> None:
+def _decode(
+    container: av.container.InputContainer,
+    report: MediaReport,
+    until_s: float | None,
+    keep_audio: bool,
+) -> None:
     video = container.streams.video[0] if container.streams.video else None
     audio_stream = container.streams.audio[0] if container.streams.audio else None
     streams = [s for s in (video, audio_stream) if s is not None]
@@ -73,15 +77,17 @@ def _decode(container: av.container.InputContainer, report: MediaReport, until_s
                 report.video_pts_ms.append(ms)
                 report.video_keyframes.append(bool(packet.is_keyframe))
                 for frame in frames:
+                    assert isinstance(frame, av.VideoFrame)
                     report.frames_decoded += 1
                     report.width, report.height = frame.width, frame.height
-                    luma = frame.to_ndarray(format="gray")
+                    luma = np.asarray(frame.to_ndarray(format="yuv420p")[: frame.height], np.uint8)
                     report.counters.append(read_counter(luma, frame.height))
                 if until_s is not None and ms >= until_s * 1000 + (report.video_pts_ms[0]):
                     break
             else:
                 report.audio_pts_ms.append(ms)
                 for frame in frames:
+                    assert isinstance(frame, av.AudioFrame)
                     report.audio_frames_decoded += 1
                     report.sample_rate = frame.sample_rate
                     if keep_audio:

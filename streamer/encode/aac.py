@@ -32,7 +32,7 @@ class AacEncoder:
             cc.time_base = Fraction(1, sample_rate)
             cc.flags |= av.codec.context.Flags.global_header
             cc.open()
-        except Exception as exc:  # noqa: BLE001 - PyAV raises several kinds here
+        except Exception as exc:
             raise DeviceError(f"AAC encoder is not available: {exc}") from exc
         self._cc = cc
         self._layout = layout

@@ -31,10 +31,9 @@ def split_annexb(data: bytes) -> list[bytes]:
     nals = []
     for i, begin in enumerate(starts):
         end = starts[i + 1] - 3 if i + 1 < len(starts) else len(data)
-        nal = data[begin:end]
-        # A 4-byte start code leaves its leading zero on the previous NAL.
-        if i + 1 < len(starts) and nal.endswith(b"\x00"):
-            nal = nal.rstrip(b"\x00")
+        # A NAL never ends in a zero byte (its RBSP ends with a stop bit): trailing
+        # zeros are a 4-byte start code's first byte or trailing_zero_8bits.
+        nal = data[begin:end].rstrip(b"\x00")
         if nal:
             nals.append(nal)
     return nals

@@ -30,7 +30,7 @@ class H264Encoder:
         self.bitrate_kbps = bitrate_kbps
         try:
             cc = av.CodecContext.create("libx264", "w")
-        except Exception as exc:  # noqa: BLE001 - PyAV raises several kinds here
+        except Exception as exc:
             raise DeviceError(f"H.264 encoder libx264 is not available: {exc}") from exc
         gop = max(1, round(2 * fps))
         cc.width, cc.height = width, height

@@ -15,7 +15,7 @@ import errno
 import os
 import socket
 import ssl
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,6 +32,7 @@ from streamer.rtmp.handshake import client_handshake
 from streamer.rtmp.url import RtmpUrl
 
 log = structlog.get_logger("streamer.rtmp")
+_T = TypeVar("_T")
 
 CHUNK_SIZE = 4096
 WRITE_BUFFER_HIGH = 64 * 1024
@@ -80,7 +81,7 @@ class RtmpPublisher:
         if self.url.tls and context is None:
             context = ssl.create_default_context()
         try:
-            self._reader, self._writer = await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=context, limit=1 << 20),
                 self.timeout,
             )
@@ -99,13 +100,14 @@ class RtmpPublisher:
             if exc.errno == errno.ECONNREFUSED:
                 reason += " (is the RTMP server running and listening on this port?)"
             raise ConnectFailed(f"could not connect to {host}:{port}: {reason}") from None
-        self._writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-        sock = self._writer.get_extra_info("socket")
+        self._reader, self._writer = reader, writer
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._phase = "handshake"
-        await client_handshake(self._reader, self._writer, self.timeout)
+        await client_handshake(reader, writer, self.timeout)
         self._read_task = asyncio.create_task(self._read_loop(), name="rtmp-reader")
         await self._send(msg.set_chunk_size(CHUNK_SIZE))
         self._out.set_chunk_size(CHUNK_SIZE)
@@ -219,13 +221,11 @@ class RtmpPublisher:
         finally:
             self._pending.pop(transaction, None)
 
-    async def _wait(self, future: asyncio.Future[Any], what: str) -> Any:
+    async def _wait(self, future: asyncio.Future[_T], what: str) -> _T:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except TimeoutError:
-            raise ConnectFailed(
-                f"server did not answer {what} within {self.timeout:g} s"
-            ) from None
+            raise ConnectFailed(f"server did not answer {what} within {self.timeout:g} s") from None
 
     def _fail(self, error: StreamerError) -> None:
         """Record the first failure and wake everybody waiting on the server."""

@@ -69,8 +69,8 @@ def parse_url(text: str) -> RtmpUrl:
     segments = [s for s in parts.path.split("/") if s]
     if len(segments) < 2:
         raise ConfigError(
-            f"stream URL {scheme}://{host}/{'/'.join(segments)} lacks an application or a "
-            "stream key; expected rtmp://host[:port]/app/streamkey"
+            f"stream URL {scheme}://{host}/... lacks an application or a stream key; "
+            "expected rtmp://host[:port]/app/streamkey"
         )
     key = urllib.parse.unquote(segments[-1])
     if parts.query:

@@ -12,7 +12,15 @@ TOKEN = "tokenValue991"
 def test_stream_key_never_logged_even_at_debug(rtmp_server: LocalRtmpServer) -> None:
     url = f"rtmp://127.0.0.1:{rtmp_server.port}/live/{KEY}?auth={TOKEN}"
     result = run_cli(
-        "run", "--url", url, "--size", "320x180", "--duration", "6", "--log-level", "debug",
+        "run",
+        "--url",
+        url,
+        "--size",
+        "320x180",
+        "--duration",
+        "6",
+        "--log-level",
+        "debug",
         timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,126 @@
+"""The send queue never lets a viewer see a frame whose reference was dropped."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.media import Kind, Packet
+from streamer.net.sendqueue import SendQueue
+
+
+def video(ms: int, key: bool, size: int = 1000) -> Packet:
+    return Packet(Kind.VIDEO, ms, ms, key, bytes(size))
+
+
+def audio(ms: int) -> Packet:
+    return Packet(Kind.AUDIO, ms, ms, True, bytes(300))
+
+
+def test_pops_in_timestamp_order_across_tracks() -> None:
+    q = SendQueue()
+    for packet in (video(0, True), video(33, False), video(66, False)):
+        q.push(packet)
+    for packet in (audio(10), audio(31), audio(52)):
+        q.push(packet)
+    order = []
+    while (p := q.pop()) is not None:
+        order.append((p.kind.value, p.dts_ms))
+    assert order == [
+        ("video", 0),
+        ("audio", 10),
+        ("audio", 31),
+        ("video", 33),
+        ("audio", 52),
+        ("video", 66),
+    ]
+
+
+def test_over_the_hard_limit_video_is_cut_at_the_newest_keyframe() -> None:
+    q = SendQueue(hard_limit_ms=1000)
+    for n in range(45):  # 1.5 s at 30 fps, keyframe every 15 frames
+        q.push(video(n * 33, key=n % 15 == 0))
+    first = q.pop()
+    assert first is not None and first.keyframe and first.dts_ms >= 1000 - 100
+    assert q.depth_ms <= 1000
+    assert q.counters.dropped(Kind.VIDEO) > 0
+
+
+def test_without_a_keyframe_to_cut_at_it_drops_until_the_next_one() -> None:
+    q = SendQueue(hard_limit_ms=500)
+    q.push(video(0, True))
+    for n in range(1, 30):
+        q.push(video(n * 33, False))
+    assert q.keyframe_wanted
+    assert q.pop() is None or q.depth_ms <= 500
+    q.push(video(1000, False))  # still no keyframe: dropped
+    q.push(video(1033, True))
+    q.push(video(1066, False))
+    sent = []
+    while (p := q.pop()) is not None:
+        sent.append(p)
+    assert [p.dts_ms for p in sent if p.kind is Kind.VIDEO][:1] == [1033]
+
+
+def test_clear_drops_everything_and_counts_it() -> None:
+    q = SendQueue()
+    q.push(video(0, True))
+    q.push(audio(0))
+    q.clear("connection_lost")
+    assert len(q) == 0 and q.pop() is None
+    assert q.counters.dropped_packets[("video", "connection_lost")] == 1
+    assert q.counters.dropped_packets[("audio", "connection_lost")] == 1
+
+
+# One step: push a video frame, push an audio frame, or let the link send n packets.
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("v"), st.integers(5, 60)),
+        st.tuples(st.just("a"), st.integers(5, 30)),
+        st.tuples(st.just("send"), st.integers(0, 5)),
+    ),
+    max_size=400,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps, st.integers(2, 90), st.integers(200, 3000))
+def test_invariants_hold_for_any_arrivals_and_link(
+    ops: list[tuple[str, int]], gop: int, hard_limit: int
+) -> None:
+    q = SendQueue(hard_limit_ms=hard_limit)
+    vt = at = 0
+    vn = 0
+    pushed_video: list[Packet] = []
+    sent: list[Packet] = []
+    for op, n in ops:
+        if op == "v":
+            vt += n
+            frame = video(vt, key=vn % gop == 0)
+            vn += 1
+            pushed_video.append(frame)
+            q.push(frame)
+            assert q.depth_ms <= hard_limit
+        elif op == "a":
+            at += n
+            q.push(audio(at))
+            assert q.depth_ms <= hard_limit
+        else:
+            for _ in range(n):
+                if (p := q.pop()) is not None:
+                    sent.append(p)
+    c = q.counters
+    assert c.queued_packets == c.sent_packets + c.dropped_total + len(q)
+    assert c.queued_bytes == c.sent_bytes + sum(c.dropped_bytes.values()) + sum(
+        len(p.data) for p in [*q._video, *q._audio]
+    )
+    # audio stays in order; every P-frame sent follows the frame it references
+    sent_audio = [p.dts_ms for p in sent if p.kind is Kind.AUDIO]
+    assert sent_audio == sorted(sent_audio)
+    index = {id(p): i for i, p in enumerate(pushed_video)}
+    sent_video = [index[id(p)] for p in sent if p.kind is Kind.VIDEO]
+    assert sent_video == sorted(sent_video)
+    sent_set = set(sent_video)
+    for i in sent_video:
+        if not pushed_video[i].keyframe:
+            assert i - 1 in sent_set, f"P-frame {i} sent after its reference {i - 1} was dropped"
