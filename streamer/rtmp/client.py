@@ -260,7 +260,6 @@ class RtmpPublisher:
                 if not data:
                     self._fail(self._closed_by_server())
                     return
-                self._count_received(len(data))
                 try:
                     messages = self._in.feed(data)
                 except ValueError as exc:
@@ -268,6 +267,7 @@ class RtmpPublisher:
                     return
                 for message in messages:
                     self._dispatch(message)
+                self._count_received(len(data))  # after dispatch: a new window counts these
         except (ConnectionError, OSError) as exc:
             self._fail(ConnectionLost(f"connection lost: {exc}"))
         except StreamerError as exc:

@@ -1,0 +1,393 @@
+"""CPU cost of streaming with our publisher, against the ffmpeg CLI doing the same job.
+
+On a Raspberry Pi class device the CPU is the budget: whatever the streamer
+spends beyond the encoder itself (making pictures, Python, packetising, the
+RTMP client) is taken from the encoder and from everything else on the
+device. This benchmark streams the same simulated 1280x720@30 picture and a
+48 kHz stereo tone, with the same libx264 settings (veryfast, zerolatency,
+2 s closed GOP without scene cuts, no B-frames, 2500k CBR-like VBV) and AAC
+128k, for the same duration, twice to one local nginx-rtmp:
+
+1. ``streamer run`` (our capture threads, encoders and RTMP publisher);
+2. ``ffmpeg`` with lavfi ``testsrc2`` + ``sine`` inputs read in real time.
+
+It measures each child's user and system CPU seconds exactly, from the
+rusage ``os.wait4`` returns when it reaps the child (all of its threads),
+plus its wall time. After each run it decodes the server's recording with
+PyAV and checks the frame count, size and audio, so that a run that failed
+quietly (sent nothing, or half) cannot pass as a cheap one.
+
+The ratio streamer/ffmpeg is printed against the target (at most 1.15x) and
+reported, not asserted: the exit status is non-zero only if a run fails.
+
+Usage: ``python bench/cpu.py [--duration 30] [--size 1280x720] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO
+
+import av
+import av.error
+
+from streamer.exc import StreamerError
+from streamer.localserver import LocalRtmpServer
+
+FPS = 30
+VIDEO_KBPS = 2500
+AUDIO_KBPS = 128
+SAMPLE_RATE = 48000
+AAC_FRAME = 1024
+TARGET_RATIO = 1.15
+MIN_FRACTION = 0.90  # of the expected video frames / audio packets a good run records
+EXIT_GRACE = 60.0  # seconds a child may run beyond --duration before it is killed
+SETTLE = 0.5  # a recording whose size is unchanged for this long is complete
+
+
+@dataclass
+class RecordingCheck:
+    file: str
+    width: int
+    height: int
+    video_packets: int
+    video_frames: int
+    keyframes: int
+    audio_packets: int
+    decode_errors: int
+
+
+@dataclass
+class RunResult:
+    name: str
+    command: list[str]
+    returncode: int
+    user_s: float
+    sys_s: float
+    wall_s: float
+    max_rss_mb: float
+    recording: RecordingCheck | None
+    problems: list[str]
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, got {text!r}") from None
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise argparse.ArgumentTypeError(f"size {text} must be even and at least 16x16")
+    return w, h
+
+
+def streamer_command(url: str, size: tuple[int, int], duration: float) -> list[str]:
+    cli = Path(sys.executable).parent / "streamer"
+    prefix = [str(cli)] if cli.exists() else [sys.executable, "-m", "streamer"]
+    return [
+        *prefix,
+        "run",
+        "--url",
+        url,
+        "--camera",
+        "sim",
+        "--microphone",
+        "sim",
+        "--size",
+        f"{size[0]}x{size[1]}",
+        "--fps",
+        str(FPS),
+        "--video-bitrate",
+        str(VIDEO_KBPS),
+        "--audio-bitrate",
+        str(AUDIO_KBPS),
+        "--duration",
+        f"{duration:g}",
+    ]
+
+
+def ffmpeg_command(url: str, size: tuple[int, int], duration: float) -> list[str]:
+    """The same encode as streamer's H264Encoder/AacEncoder, by the ffmpeg CLI."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise StreamerError("the ffmpeg CLI is not installed (apt: ffmpeg)")
+    gop = str(2 * FPS)
+    rate = f"{VIDEO_KBPS}k"
+    return [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size={size[0]}x{size[1]}:rate={FPS}",
+        "-re",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency=440:sample_rate={SAMPLE_RATE}",
+        "-t",
+        f"{duration:g}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-tune",
+        "zerolatency",
+        "-g",
+        gop,
+        "-keyint_min",
+        gop,
+        "-sc_threshold",
+        "0",
+        "-bf",
+        "0",
+        "-b:v",
+        rate,
+        "-maxrate",
+        rate,
+        "-bufsize",
+        rate,
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-b:a",
+        f"{AUDIO_KBPS}k",
+        "-ac",
+        "2",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-f",
+        "flv",
+        url,
+    ]
+
+
+def run_measured(
+    cmd: Sequence[str], timeout: float, log: IO[bytes]
+) -> tuple[int, resource.struct_rusage, float]:
+    """Run ``cmd`` to its end; its exit code, its own rusage (from wait4) and wall seconds."""
+    started = time.monotonic()
+    proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    deadline = started + timeout
+    killed = False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            break
+        if not killed and time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+        time.sleep(0.02)
+    wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return proc.returncode, usage, wall
+
+
+def wait_for_recording(server: LocalRtmpServer, before: set[Path], timeout: float) -> list[Path]:
+    """The files this run added, once nginx has stopped writing them."""
+    end = time.monotonic() + timeout
+    sizes: dict[Path, int] = {}
+    stable_since = time.monotonic()
+    while time.monotonic() < end:
+        new = [p for p in server.recordings() if p not in before]
+        current = {p: p.stat().st_size for p in new}
+        if current != sizes:
+            sizes, stable_since = current, time.monotonic()
+        elif new and time.monotonic() - stable_since >= SETTLE:
+            return new
+        time.sleep(0.1)
+    return [p for p in server.recordings() if p not in before]
+
+
+def check_recording(path: Path) -> RecordingCheck:
+    """Decode every video packet of the recording and count what a viewer would get."""
+    check = RecordingCheck(path.name, 0, 0, 0, 0, 0, 0, 0)
+    with av.open(str(path)) as container:
+        streams = [*container.streams.video[:1], *container.streams.audio[:1]]
+        if container.streams.video:
+            container.streams.video[0].thread_type = "AUTO"
+        for packet in container.demux(*streams):
+            if packet.stream.type == "audio":
+                check.audio_packets += packet.size > 0
+                continue
+            if packet.size > 0:
+                check.video_packets += 1
+                check.keyframes += bool(packet.is_keyframe)
+            try:
+                frames = packet.decode()  # the empty packet at the end flushes the decoder
+            except av.error.FFmpegError:
+                check.decode_errors += 1
+                continue
+            for frame in frames:
+                if isinstance(frame, av.VideoFrame):
+                    check.video_frames += 1
+                    check.width, check.height = frame.width, frame.height
+    return check
+
+
+def judge(
+    check: RecordingCheck | None, size: tuple[int, int], duration: float, returncode: int
+) -> list[str]:
+    problems = []
+    if returncode != 0:
+        problems.append(f"exit status {returncode}")
+    if check is None:
+        return [*problems, "the server recorded nothing"]
+    want_frames = duration * FPS * MIN_FRACTION
+    want_audio = duration * SAMPLE_RATE / AAC_FRAME * MIN_FRACTION
+    if check.video_frames < want_frames:
+        problems.append(
+            f"only {check.video_frames} video frames decoded (want ≥ {want_frames:.0f})"
+        )
+    if (check.width, check.height) != size:
+        problems.append(f"recorded {check.width}x{check.height}, not {size[0]}x{size[1]}")
+    if check.audio_packets < want_audio:
+        problems.append(f"only {check.audio_packets} audio packets (want ≥ {want_audio:.0f})")
+    if check.decode_errors:
+        problems.append(f"{check.decode_errors} video packets failed to decode")
+    return problems
+
+
+def bench_one(
+    name: str,
+    cmd: list[str],
+    server: LocalRtmpServer,
+    size: tuple[int, int],
+    duration: float,
+    workdir: Path,
+) -> RunResult:
+    print(f"[{name}] streaming {duration:g} s …", file=sys.stderr, flush=True)
+    before = set(server.recordings())
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as log:
+        code, usage, wall = run_measured(cmd, duration + EXIT_GRACE, log)
+    new = wait_for_recording(server, before, timeout=10.0)
+    check: RecordingCheck | None = None
+    problems: list[str] = []
+    if len(new) > 1:
+        problems.append(f"expected one recording, got {len(new)}: {[p.name for p in new]}")
+    if new:
+        try:
+            check = check_recording(new[0])
+        except av.error.FFmpegError as exc:
+            problems.append(f"recording {new[0].name} could not be read: {exc}")
+    problems += judge(check, size, duration, code)
+    if problems:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+        print(f"[{name}] FAILED: {'; '.join(problems)}", file=sys.stderr)
+        for line in tail:
+            print(f"[{name}]   {line}", file=sys.stderr)
+    return RunResult(
+        name=name,
+        command=cmd,
+        returncode=code,
+        user_s=usage.ru_utime,
+        sys_s=usage.ru_stime,
+        wall_s=wall,
+        max_rss_mb=usage.ru_maxrss / 1024,  # kilobytes on Linux
+        recording=check,
+        problems=problems,
+    )
+
+
+def print_table(results: list[RunResult], ratio: float | None) -> None:
+    header = (
+        f"{'run':<9} {'user s':>7} {'sys s':>6} {'cpu s':>7} {'wall s':>7} {'cpu %':>6} "
+        f"{'rss MB':>7} {'frames':>6} {'keys':>4} {'audio':>5}  status"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        rec = r.recording
+        frames, keys, audio = (
+            (rec.video_frames, rec.keyframes, rec.audio_packets) if rec else (0, 0, 0)
+        )
+        status = "ok" if r.ok else "FAILED"
+        print(
+            f"{r.name:<9} {r.user_s:7.2f} {r.sys_s:6.2f} {r.cpu_s:7.2f} {r.wall_s:7.2f} "
+            f"{100 * r.cpu_s / r.wall_s:6.1f} {r.max_rss_mb:7.1f} {frames:6d} {keys:4d} "
+            f"{audio:5d}  {status}"
+        )
+    if ratio is None:
+        print("ratio streamer/ffmpeg: n/a (a run failed)")
+    else:
+        verdict = "met" if ratio <= TARGET_RATIO else "NOT met"
+        print(f"ratio streamer/ffmpeg CPU: {ratio:.3f}x (target ≤ {TARGET_RATIO}x: {verdict})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds per run (30)")
+    parser.add_argument("--size", type=parse_size, default=(1280, 720), help="WxH (1280x720)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON line")
+    args = parser.parse_args(argv)
+    duration: float = args.duration
+    size: tuple[int, int] = args.size
+    if duration <= 0:
+        parser.error("--duration must be positive")
+
+    workdir = Path(tempfile.mkdtemp(prefix="streamer-bench-"))
+    results: list[RunResult] = []
+    try:
+        with LocalRtmpServer() as server:
+            runs = [
+                ("streamer", streamer_command(server.url("bench-streamer"), size, duration)),
+                ("ffmpeg", ffmpeg_command(server.url("bench-ffmpeg"), size, duration)),
+            ]
+            for name, cmd in runs:
+                results.append(bench_one(name, cmd, server, size, duration, workdir))
+    except StreamerError as exc:
+        print(f"bench: error: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    ok = all(r.ok for r in results)
+    streamer_run, ffmpeg_run = results
+    ratio = streamer_run.cpu_s / ffmpeg_run.cpu_s if ok and ffmpeg_run.cpu_s > 0 else None
+    print(
+        f"{duration:g} s of {size[0]}x{size[1]}@{FPS}, x264 veryfast {VIDEO_KBPS}k + AAC "
+        f"{AUDIO_KBPS}k, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+    )
+    print_table(results, ratio)
+    if args.json:
+        record = {
+            "duration_s": duration,
+            "size": f"{size[0]}x{size[1]}",
+            "fps": FPS,
+            "runs": [{**asdict(r), "cpu_s": r.cpu_s, "ok": r.ok} for r in results],
+            "ratio": ratio,
+            "target_ratio": TARGET_RATIO,
+            "target_met": ratio is not None and ratio <= TARGET_RATIO,
+        }
+        print(json.dumps(record))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
