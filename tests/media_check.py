@@ -33,6 +33,7 @@ class MediaReport:
     audio: list[npt.NDArray[np.float32]] = field(default_factory=list)
     sample_rate: int = 0
     arrivals: list[float] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def audio_samples(self) -> npt.NDArray[np.float32]:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
@@ -62,6 +63,7 @@ def _decode(
     video = container.streams.video[0] if container.streams.video else None
     audio_stream = container.streams.audio[0] if container.streams.audio else None
     streams = [s for s in (video, audio_stream) if s is not None]
+    report.metadata = dict(container.metadata)
     with av.logging.Capture() as logs:
         for packet in container.demux(*streams):
             if packet.size == 0 or packet.pts is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 
 import numpy as np
@@ -80,6 +81,10 @@ def test_a_viewer_plays_the_stream_live(rtmp_server: LocalRtmpServer) -> None:
     assert (report.width, report.height) == (640, 360)
     assert report.video_keyframes[0]
     assert report.audio_frames_decoded > 0
+    # nginx-rtmp rebuilds onMetaData for viewers from the fields it parsed out of ours
+    assert report.metadata.get("displayWidth") == "640"
+    assert report.metadata.get("displayHeight") == "360"
+    assert report.metadata.get("fps") == "30"
     # Live means paced: after FFmpeg's probe burst, 3 s of media take about 3 s to arrive.
     k = next(i for i, t in enumerate(report.video_pts_ms) if t >= report.video_pts_ms[0] + 2000)
     media_s = (report.video_pts_ms[-1] - report.video_pts_ms[k]) / 1000
@@ -87,3 +92,31 @@ def test_a_viewer_plays_the_stream_live(rtmp_server: LocalRtmpServer) -> None:
     assert media_s >= 2.9
     assert 0.8 * media_s <= arrival_s <= 1.2 * media_s
     assert np.all(np.diff(report.video_pts_ms) > 0)
+
+
+def test_sigint_stops_cleanly_and_unpublishes(rtmp_server: LocalRtmpServer) -> None:
+    publisher = start_cli("run", "--url", rtmp_server.url("stop-me"), "--size", "320x180")
+    try:
+        for _ in range(100):  # until the server records: the publisher is live
+            if rtmp_server.recordings():
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
+        publisher.send_signal(signal.SIGINT)
+        _, err = publisher.communicate(timeout=15)
+    finally:
+        if publisher.poll() is None:
+            publisher.kill()
+    assert publisher.returncode == 0, err
+    assert "unpublished" in err
+    # nginx saw the stream deleted by the client before the connection went away
+    lines = [
+        line for line in rtmp_server.error_log().splitlines() if "publish: name='stop-me'" in line
+    ]
+    [conn] = [line.split("*")[1].split()[0] for line in lines]
+    events = [
+        ("deleteStream" if "deleteStream" in line else "disconnect")
+        for line in rtmp_server.error_log().splitlines()
+        if f"*{conn} " in line and ("deleteStream" in line or "disconnect" in line)
+    ]
+    assert events[:2] == ["deleteStream", "disconnect"], events
