@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 
@@ -14,6 +15,7 @@ from streamer import log as logsetup
 from streamer.app import Settings, Streamer
 from streamer.exc import StreamerError
 from streamer.rtmp.url import parse_url
+from streamer.state import mermaid_diagram
 
 log = structlog.get_logger("streamer")
 
@@ -66,12 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--duration", type=_ranged(float, 0.1, 1e9, " s"), help="stop after this many seconds"
     )
+    run.add_argument(
+        "--service",
+        action="store_true",
+        help="boot-service mode: retry forever, errors retried after a 60 s cooldown",
+    )
+    run.add_argument(
+        "--max-reconnects",
+        type=_ranged(int, 0, 1_000_000),
+        default=10,
+        help="CLI mode: reconnect attempts in a row before giving up (10)",
+    )
+    run.add_argument(
+        "--button", metavar="PIN", help="GPIO pin of the start/stop button, e.g. GPIO17"
+    )
+    run.add_argument("--led", metavar="PIN", help="GPIO pin of the status LED, e.g. GPIO27")
     _add_stream_options(run)
     demo = sub.add_parser("demo", help="stream the simulated device to a local nginx-rtmp")
     demo.add_argument(
         "--duration", type=_ranged(float, 0.1, 1e9, " s"), default=30.0, help="seconds (30)"
     )
     _add_stream_options(demo)
+    sub.add_parser("state-diagram", help="print the state machine as a mermaid diagram")
     return parser
 
 
@@ -87,20 +105,45 @@ def settings_from(args: argparse.Namespace, url: str) -> Settings:
         video_bitrate_kbps=args.video_bitrate,
         audio_bitrate_kbps=args.audio_bitrate,
         duration=args.duration,
+        service=getattr(args, "service", False),
+        max_reconnects=getattr(args, "max_reconnects", 10),
     )
 
 
-async def stream(settings: Settings) -> None:
-    """Run one stream; SIGINT/SIGTERM end it cleanly (unpublish, close hardware)."""
-    stop = asyncio.Event()
+def _on_loop(loop: asyncio.AbstractEventLoop, command: Callable[[str], None], by: str) -> None:
+    loop.call_soon_threadsafe(command, by)
+
+
+async def stream(settings: Settings, button: str | None = None, led: str | None = None) -> None:
+    """Run the device; SIGINT/SIGTERM end it cleanly (unpublish, close hardware)."""
+    shutdown = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await Streamer(settings).run(stop)
-    finally:
+    streamer = Streamer(settings)
+    with contextlib.ExitStack() as controls:
+        if led:
+            from streamer.controls.led import StatusLed
+
+            status_led = controls.enter_context(StatusLed(led))
+            status_led.show(streamer.state.state)
+            streamer.state.subscribe(lambda _old, new, _reason: status_led.show(new))
+        if button:
+            from streamer.controls.button import StartStopButton
+
+            # gpiozero calls back from its own thread: hand the command to the loop.
+            controls.enter_context(
+                StartStopButton(
+                    button,
+                    on_toggle=lambda: _on_loop(loop, streamer.toggle, "button"),
+                    on_reset=lambda: _on_loop(loop, streamer.reset, "button held"),
+                )
+            )
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            loop.add_signal_handler(sig, shutdown.set)
+        try:
+            await streamer.run(shutdown)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
 
 def run_demo(args: argparse.Namespace) -> None:
@@ -125,9 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logsetup.configure(args.log_level, args.log_format)
     try:
         if args.command == "run":
-            asyncio.run(stream(settings_from(args, args.url)))
+            asyncio.run(stream(settings_from(args, args.url), args.button, args.led))
         elif args.command == "demo":
             run_demo(args)
+        elif args.command == "state-diagram":
+            print(mermaid_diagram())
     except StreamerError as exc:
         print(f"streamer: error: {logsetup.redact(exc.message)}", file=sys.stderr)
         return exc.exit_code

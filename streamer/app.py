@@ -1,8 +1,10 @@
-"""Streamer: sources → encoders → send queue → RTMP publisher.
+"""Streamer: sources → encoders → send queue → RTMP publisher, driven by the state machine.
 
 Capture and encoding run in one thread per track and never wait on the
 network: they push into the send queue under a lock and wake the event loop.
-The event loop owns the publisher and takes packets in timestamp order.
+The event loop owns the publisher and the state machine. Hardware and
+encoders stay up across reconnects; each connection is a new session that
+starts at a fresh keyframe with timestamps from 0.
 """
 
 from __future__ import annotations
@@ -21,17 +23,27 @@ from streamer.clock import MediaClock
 from streamer.encode import flv
 from streamer.encode.aac import AacEncoder
 from streamer.encode.h264 import H264Encoder
-from streamer.exc import DeviceError, StreamerError
+from streamer.exc import (
+    ConnectFailed,
+    ConnectionLost,
+    DeviceError,
+    ProtocolError,
+    PublishRejected,
+    StreamerError,
+)
 from streamer.hardware.base import AudioSource, VideoSource, make_camera, make_microphone
 from streamer.media import Kind, Packet
+from streamer.net.backoff import Backoff
 from streamer.net.sendqueue import SendQueue
 from streamer.rtmp.client import RtmpPublisher
 from streamer.rtmp.url import RtmpUrl
+from streamer.state import ERROR, IDLE, LIVE, DeviceState
 
 log = structlog.get_logger("streamer")
 
 STATS_INTERVAL = 5.0
 DRAIN_ON_STOP = 2.0  # seconds allowed to send what is queued when stopping
+NETWORK_ERRORS = (ConnectFailed, ConnectionLost, ProtocolError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,11 @@ class Settings:
     video_bitrate_kbps: int = 2500
     audio_bitrate_kbps: int = 128
     duration: float | None = None
+    service: bool = False
+    max_reconnects: int = 10
+    connect_timeout: float = 10.0
+    stall_timeout: float = 10.0
+    error_cooldown: float = 60.0
 
 
 class PacketHandoff:
@@ -63,6 +80,9 @@ class PacketHandoff:
         with self._lock:
             for packet in packets:
                 self.queue.push(packet)
+        self.wake()
+
+    def wake(self) -> None:
         with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
             self._loop.call_soon_threadsafe(self.ready.set)
 
@@ -77,6 +97,18 @@ class PacketHandoff:
         with self._lock:
             wanted, self.queue.keyframe_wanted = self.queue.keyframe_wanted, False
             return wanted
+
+    def go_online(self, reason: str) -> None:
+        """A new session: flush the backlog, start at a fresh keyframe."""
+        with self._lock:
+            self.queue.restart(reason)
+            self.queue.offline = False
+
+    def go_offline(self, reason: str) -> None:
+        """No connection: capture goes on, packets are dropped instead of piling up."""
+        with self._lock:
+            self.queue.offline = True
+            self.queue.clear(reason)
 
 
 class CaptureThread(threading.Thread):
@@ -93,79 +125,42 @@ class CaptureThread(threading.Thread):
         self._step, self._flush, self._sink = step, flush, sink
         self.stopping = threading.Event()
         self.error: BaseException | None = None
-        self.count = 0
 
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                packets = self._step()
-                self.count += 1
-                self._sink(packets)
+                self._sink(self._step())
             self._sink(self._flush())
-        except BaseException as exc:
+        except BaseException as exc:  # reported to the event loop
             self.error = exc
             log.error("capture failed", thread=self.name, error=str(exc))
 
 
-class Streamer:
-    def __init__(self, settings: Settings) -> None:
-        self.s = settings
+class Pipeline:
+    """Hardware, encoders and capture threads: up from preparing until idle or error."""
+
+    def __init__(self, s: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.clock = MediaClock()
         self.queue = SendQueue()
-        self.camera: VideoSource = make_camera(
-            settings.camera, settings.width, settings.height, settings.fps
-        )
-        self.microphone: AudioSource | None = make_microphone(settings.microphone)
-        self.video_packets_sent = 0
-        self.frames_captured = 0
-        self._origin: int | None = None
-        self._last_ts = {Kind.VIDEO: -1, Kind.AUDIO: -1}
+        self.queue.offline = True
+        self.handoff = PacketHandoff(self.queue, loop)
+        self.camera: VideoSource = make_camera(s.camera, s.width, s.height, s.fps)
+        self.microphone: AudioSource | None = make_microphone(s.microphone)
+        self.video = H264Encoder(s.width, s.height, s.fps, s.video_bitrate_kbps)
+        self.audio = AacEncoder(bitrate_kbps=s.audio_bitrate_kbps) if self.microphone else None
+        self._camera_name = s.camera
+        self.threads: list[CaptureThread] = []
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Stream until ``stop`` is set or the duration ends; raise StreamerError on failure."""
-        s = self.s
-        logsetup.add_secret(s.url.key)
-        video = H264Encoder(s.width, s.height, s.fps, s.video_bitrate_kbps)
-        audio = AacEncoder(bitrate_kbps=s.audio_bitrate_kbps) if self.microphone else None
+    def start(self) -> None:
         try:
             self.camera.open()
         except StreamerError:
             raise
-        except Exception as exc:
-            raise DeviceError(f"camera {s.camera!r} could not be opened: {exc}") from exc
+        except Exception as exc:  # any backend failure names the camera
+            raise DeviceError(f"camera {self._camera_name!r} could not be opened: {exc}") from exc
         if self.microphone:
             self.microphone.open()
-        publisher = RtmpPublisher(s.url)
-        threads: list[CaptureThread] = []
-        try:
-            await publisher.connect()
-            await publisher.send_metadata(
-                flv.metadata(video.config, audio.config if audio else None, "streamer")
-            )
-            await publisher.send_video(0, flv.avc_sequence_header(video.config))
-            if audio:
-                await publisher.send_audio(0, flv.aac_sequence_header(audio.config))
-            handoff = PacketHandoff(self.queue, asyncio.get_running_loop())
-            threads = self._start_capture(video, audio, handoff)
-            await self._pump(publisher, handoff, threads, stop)
-            for t in threads:
-                t.stopping.set()
-            await asyncio.to_thread(self._join, threads)
-            await self._drain(publisher, handoff)
-            self._raise_capture_error(threads)
-        finally:
-            for t in threads:
-                t.stopping.set()
-            await asyncio.to_thread(self._join, threads)
-            await publisher.close()
-            self.camera.close()
-            if self.microphone:
-                self.microphone.close()
-
-    def _start_capture(
-        self, video: H264Encoder, audio: AacEncoder | None, handoff: PacketHandoff
-    ) -> list[CaptureThread]:
-        camera, clock = self.camera, self.clock
+        camera, clock, video, handoff = self.camera, self.clock, self.video, self.handoff
 
         def video_step() -> list[Packet]:
             if handoff.take_keyframe_request():
@@ -173,68 +168,230 @@ class Streamer:
             frame, captured = camera.read()
             return video.encode(frame, clock.to_ms(captured))
 
-        threads = [CaptureThread("video", video_step, lambda: video.encode(None), handoff.push)]
-        mic = self.microphone
-        if audio and mic:
+        self.threads = [
+            CaptureThread("video", video_step, lambda: video.encode(None), handoff.push)
+        ]
+        mic, audio = self.microphone, self.audio
+        if mic and audio:
 
             def audio_step() -> list[Packet]:
                 samples, captured = mic.read()
                 return audio.encode(samples, clock.to_ms(captured))
 
-            threads.append(
+            self.threads.append(
                 CaptureThread("audio", audio_step, lambda: audio.encode(None), handoff.push)
             )
-        for t in threads:
+        for t in self.threads:
             t.start()
-        return threads
 
-    @staticmethod
-    def _join(threads: list[CaptureThread]) -> None:
-        for t in threads:
-            t.join(timeout=5.0)
-
-    @staticmethod
-    def _raise_capture_error(threads: list[CaptureThread]) -> None:
-        for t in threads:
+    def check(self) -> None:
+        """Raise the failure of a capture thread, if one died."""
+        for t in self.threads:
             if t.error is not None:
                 if isinstance(t.error, StreamerError):
                     raise t.error
                 raise DeviceError(f"{t.name} capture failed: {t.error}")
+            if not t.is_alive() and not t.stopping.is_set():
+                raise DeviceError(f"{t.name} capture stopped unexpectedly")
+
+    async def stop(self) -> None:
+        """Stop capture (encoders flush into the queue), then close the hardware."""
+        for t in self.threads:
+            t.stopping.set()
+        await asyncio.to_thread(self._join)
+        self.camera.close()
+        if self.microphone:
+            self.microphone.close()
+
+    def _join(self) -> None:
+        for t in self.threads:
+            t.join(timeout=5.0)
+
+
+class Streamer:
+    """Runs the device: the state machine decides, this class carries it out."""
+
+    def __init__(self, settings: Settings, state: DeviceState | None = None) -> None:
+        self.s = settings
+        self.state = state or DeviceState()
+        self.backoff = Backoff(max_attempts=None if settings.service else settings.max_reconnects)
+        self.pipeline: Pipeline | None = None
+        self.publisher: RtmpPublisher | None = None
+        self.reconnects = 0
+        self.video_packets_sent = 0
+        self.error: StreamerError | None = None
+        self._want_running = True
+        self._been_live = False
+        self._deadline: float | None = None
+        self._wake = asyncio.Event()
+        self._origin: int | None = None
+        self._last_ts = {Kind.VIDEO: -1, Kind.AUDIO: -1}
+
+    # -- commands (button, status page): called on the event loop ------------
+
+    def toggle(self, reason: str) -> None:
+        """Start when idle, stop otherwise."""
+        self._want_running = self.state.state == IDLE
+        log.info("start requested" if self._want_running else "stop requested", by=reason)
+        self._poke()
+
+    def reset(self, reason: str) -> None:
+        if self.state.state == ERROR:
+            self._want_running = False
+            self.state.fire("reset", reason)
+            self._poke()
+
+    def _poke(self) -> None:
+        self._wake.set()
+        if self.pipeline is not None:
+            self.pipeline.handoff.ready.set()
+
+    # -- the lifecycle ----------------------------------------------------------
+
+    async def run(self, shutdown: asyncio.Event) -> None:
+        """Drive the device until ``shutdown`` (or, in CLI mode, the end of the stream).
+
+        Raises the StreamerError that ended a CLI run; service mode never
+        gives up on its own.
+        """
+        logsetup.add_secret(self.s.url.key)
+        watcher = asyncio.create_task(self._relay(shutdown))
+        try:
+            await self._loop(shutdown)
+        finally:
+            watcher.cancel()
+            await self._teardown(graceful=True)
+            if self.state.state != IDLE:
+                self.state.fire("stop", "shutting down")
+
+    async def _relay(self, shutdown: asyncio.Event) -> None:
+        await shutdown.wait()
+        self._poke()
+
+    async def _loop(self, shutdown: asyncio.Event) -> None:
+        while not shutdown.is_set():
+            state = self.state.state
+            if not self._want_running:
+                if state != IDLE:
+                    await self._teardown(graceful=True)
+                    self.state.fire("stop", "stop requested")
+                await self._sleep(None)
+                continue
+            if state == IDLE:
+                self.state.fire("start", "service start" if self.s.service else "command line")
+            elif state == ERROR:
+                assert self.error is not None
+                if not self.s.service:
+                    raise self.error
+                await self._teardown(graceful=False)
+                log.info("retrying after cooldown", seconds=self.s.error_cooldown)
+                if await self._sleep(self.s.error_cooldown) and self.state.state == ERROR:
+                    self.state.fire("retry", f"{self.s.error_cooldown:g} s cooldown over")
+            else:
+                try:
+                    if await self._stream_once(shutdown):
+                        return  # --duration reached
+                except StreamerError as exc:
+                    await self._handle_failure(exc)
+
+    async def _sleep(self, seconds: float | None) -> bool:
+        """Wait, waking early on commands; True when the full time passed."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    def _retryable(self, exc: StreamerError) -> bool:
+        if isinstance(exc, PublishRejected):
+            # nginx keeps a publisher that vanished until it times out; its
+            # "name in use" after we have been live here is our own ghost.
+            return self._been_live and exc.code.endswith("BadName")
+        if isinstance(exc, NETWORK_ERRORS):
+            # In CLI mode a first connection that fails is reported at once: a
+            # typo in the host should not take minutes of retries to show.
+            return self.s.service or self._been_live
+        return False
+
+    async def _handle_failure(self, exc: StreamerError) -> None:
+        await self._close_publisher(graceful=False)
+        if self.pipeline is not None:
+            self.pipeline.handoff.go_offline("connection_lost")
+        if not self._retryable(exc):
+            self.error = exc
+            await self._teardown(graceful=False)
+            self.state.fire("fail", exc.message)
+            return
+        if self.state.state == LIVE:
+            self.backoff.lost(time.monotonic())
+        delay = self.backoff.next_delay()
+        if delay is None:
+            self.error = ConnectionLost(
+                f"gave up after {self.backoff.attempts} reconnect attempts: {exc.message}"
+            )
+            await self._teardown(graceful=False)
+            self.state.fire("fail", self.error.message)
+            return
+        self.state.fire("connection_lost", f"{exc.message}; retrying in {delay:.1f} s")
+        await self._sleep(delay)
+
+    async def _stream_once(self, shutdown: asyncio.Event) -> bool:
+        """Prepare if needed, connect, publish, stream. True when the duration is over."""
+        loop = asyncio.get_running_loop()
+        if self.pipeline is None:
+            pipeline = Pipeline(self.s, loop)
+            self.pipeline = pipeline
+            pipeline.start()
+        pipeline = self.pipeline
+        publisher = RtmpPublisher(
+            self.s.url, timeout=self.s.connect_timeout, stall_timeout=self.s.stall_timeout
+        )
+        self.publisher = publisher
+        await publisher.connect()
+        video, audio = pipeline.video, pipeline.audio
+        await publisher.send_metadata(
+            flv.metadata(video.config, audio.config if audio else None, "streamer")
+        )
+        await publisher.send_video(0, flv.avc_sequence_header(video.config))
+        if audio:
+            await publisher.send_audio(0, flv.aac_sequence_header(audio.config))
+        self._origin = None
+        self._last_ts = {Kind.VIDEO: -1, Kind.AUDIO: -1}
+        pipeline.handoff.go_online("new_session")
+        if self._been_live:
+            self.reconnects += 1
+        self._been_live = True
+        self.state.fire("published", f"publishing to {self.s.url.redacted}")
+        self.backoff.live_since(time.monotonic())
+        if self._deadline is None and self.s.duration:
+            self._deadline = time.monotonic() + self.s.duration
+        return await self._pump(publisher, pipeline, shutdown)
 
     async def _pump(
-        self,
-        publisher: RtmpPublisher,
-        handoff: PacketHandoff,
-        threads: list[CaptureThread],
-        stop: asyncio.Event,
-    ) -> None:
-        started = time.monotonic()
-        deadline = started + self.s.duration if self.s.duration else None
-        stats = Stats(self, publisher, started)
-        while not stop.is_set():
+        self, publisher: RtmpPublisher, pipeline: Pipeline, shutdown: asyncio.Event
+    ) -> bool:
+        stats = Stats(self, publisher, time.monotonic())
+        handoff = pipeline.handoff
+        while not shutdown.is_set() and self._want_running:
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                return
-            if any(t.error is not None or not t.is_alive() for t in threads):
-                self._raise_capture_error(threads)
-                raise DeviceError("a capture thread stopped unexpectedly")
+            if self._deadline is not None and now >= self._deadline:
+                return True
+            pipeline.check()
             stats.maybe_log(now)
             packet = handoff.pop()
             if packet is None:
-                wait = STATS_INTERVAL if deadline is None else min(STATS_INTERVAL, deadline - now)
+                wait = STATS_INTERVAL
+                if self._deadline is not None:
+                    wait = min(wait, self._deadline - now)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(handoff.ready.wait(), max(0.0, wait))
                 continue
             await self._send(publisher, packet)
-
-    async def _drain(self, publisher: RtmpPublisher, handoff: PacketHandoff) -> None:
-        """Send what the encoders flushed, within a bounded time."""
-        end = time.monotonic() + DRAIN_ON_STOP
-        while time.monotonic() < end and (packet := handoff.pop()) is not None:
-            await self._send(publisher, packet)
+        return False
 
     async def _send(self, publisher: RtmpPublisher, packet: Packet) -> None:
-        """Rebase onto the session origin (the first keyframe) and send."""
+        """Rebase onto the session origin (its first keyframe) and send."""
         if self._origin is None:
             if packet.kind is not Kind.VIDEO or not packet.keyframe:
                 return  # nothing is sent before the first keyframe
@@ -250,6 +407,26 @@ class Streamer:
         else:
             await publisher.send_audio(ts, flv.aac_frame(packet.data))
 
+    async def _close_publisher(self, graceful: bool) -> None:
+        publisher, self.publisher = self.publisher, None
+        if publisher is not None:
+            if not graceful:
+                publisher.abandon()
+            await publisher.close()
+
+    async def _teardown(self, graceful: bool) -> None:
+        """Stop capture; when graceful and live, send what the encoders flushed, unpublish."""
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None:
+            await pipeline.stop()
+            publisher = self.publisher
+            if graceful and publisher is not None and self.state.state == LIVE:
+                end = time.monotonic() + DRAIN_ON_STOP
+                with contextlib.suppress(StreamerError):
+                    while time.monotonic() < end and (packet := pipeline.handoff.pop()):
+                        await self._send(publisher, packet)
+        await self._close_publisher(graceful)
+
 
 class Stats:
     """The periodic stats line: what a person watching the log wants to know."""
@@ -258,7 +435,7 @@ class Stats:
         self.streamer, self.publisher, self.started = streamer, publisher, started
         self._last_time = started
         self._last_bytes = 0
-        self._last_frames = 0
+        self._last_frames = streamer.video_packets_sent
 
     def maybe_log(self, now: float) -> None:
         if now - self._last_time < STATS_INTERVAL:
@@ -266,12 +443,15 @@ class Stats:
         elapsed = now - self._last_time
         sent = self.publisher.bytes_sent
         frames = self.streamer.video_packets_sent
+        pipeline = self.streamer.pipeline
+        queue = pipeline.queue if pipeline else None
         log.info(
             "stats",
             sent_kbps=round((sent - self._last_bytes) * 8 / elapsed / 1000),
             fps=round((frames - self._last_frames) / elapsed, 1),
-            queue_ms=self.streamer.queue.depth_ms,
-            dropped=self.streamer.queue.counters.dropped_total,
+            queue_ms=queue.depth_ms if queue else 0,
+            dropped=queue.counters.dropped_total if queue else 0,
+            reconnects=self.streamer.reconnects,
             elapsed=f"{now - self.started:.0f}s",
         )
         self._last_time, self._last_bytes, self._last_frames = now, sent, frames

@@ -44,6 +44,7 @@ class SendQueue:
         self._audio: deque[Packet] = deque()
         self._awaiting_keyframe = False
         self.keyframe_wanted = False
+        self.offline = False  # no connection: nothing is kept (it would be flushed anyway)
 
     def __len__(self) -> int:
         return len(self._video) + len(self._audio)
@@ -60,6 +61,9 @@ class SendQueue:
     def push(self, packet: Packet) -> None:
         self.counters.queued_packets += 1
         self.counters.queued_bytes += len(packet.data)
+        if self.offline:
+            self._drop(packet, "offline")
+            return
         if packet.kind is Kind.AUDIO:
             self._audio.append(packet)
             while self._span(self._audio) > self.hard_limit_ms:
@@ -82,9 +86,7 @@ class SendQueue:
         if newest_key is None:
             while self._video:
                 self._drop(self._video.popleft(), "hard_limit")
-            self._awaiting_keyframe = True
-            self.keyframe_wanted = True
-            self.counters.keyframes_requested += 1
+            self._request_keyframe()
             return
         for _ in range(newest_key):
             self._drop(self._video.popleft(), "hard_limit")
@@ -112,3 +114,13 @@ class SendQueue:
             self._drop(self._video.popleft(), reason)
         while self._audio:
             self._drop(self._audio.popleft(), reason)
+
+    def restart(self, reason: str) -> None:
+        """A new session: drop the backlog and start video again at a fresh keyframe."""
+        self.clear(reason)
+        self._request_keyframe()
+
+    def _request_keyframe(self) -> None:
+        self._awaiting_keyframe = True
+        self.keyframe_wanted = True
+        self.counters.keyframes_requested += 1

@@ -26,6 +26,7 @@ from streamer.exc import (
     PublishRejected,
     StreamerError,
 )
+from streamer.net.stall import StallDetector
 from streamer.rtmp import message as msg
 from streamer.rtmp.chunk import ChunkReader, ChunkWriter, Message
 from streamer.rtmp.handshake import client_handshake
@@ -36,6 +37,10 @@ _T = TypeVar("_T")
 
 CHUNK_SIZE = 4096
 WRITE_BUFFER_HIGH = 64 * 1024
+# We ask the server to acknowledge every ACK_WINDOW bytes: its acks prove the
+# stream reaches the server application, not just a kernel buffer on the way.
+ACK_WINDOW = 64 * 1024
+WATCHDOG_PERIOD = 0.5
 FLASH_VERSION = "FMLE/3.0 (compatible; streamer)"
 
 
@@ -59,6 +64,8 @@ class RtmpPublisher:
         self._out = ChunkWriter()
         self._in = ChunkReader()
         self._read_task: asyncio.Task[None] | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
+        self.server_acked: int | None = None  # sequence number of the server's last ack
         self._pending: dict[float, asyncio.Future[msg.Command]] = {}
         self._publish_status: asyncio.Future[dict[str, Any]] | None = None
         self._next_transaction = 1.0
@@ -104,13 +111,18 @@ class RtmpPublisher:
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         sock = writer.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Linux: unacknowledged data older than this kills the connection.
+                timeout_ms = int(self.stall_timeout * 1000)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, timeout_ms)
         self._phase = "handshake"
         await client_handshake(reader, writer, self.timeout)
         self._read_task = asyncio.create_task(self._read_loop(), name="rtmp-reader")
+        self._watchdog_task = asyncio.create_task(self._watchdog(), name="rtmp-watchdog")
         await self._send(msg.set_chunk_size(CHUNK_SIZE))
         self._out.set_chunk_size(CHUNK_SIZE)
+        await self._send(msg.window_ack_size(ACK_WINDOW))
 
         self._phase = "connect"
         await self._call(
@@ -142,6 +154,11 @@ class RtmpPublisher:
         self._phase = "live"
         log.info("published", url=self.url.redacted, stream_id=self.stream_id)
 
+    def abandon(self) -> None:
+        """The connection is given up: close() will not try to unpublish on it."""
+        if self._phase == "live":
+            self._phase = "abandoned"
+
     async def close(self) -> None:
         """Unpublish if live (so the server ends the stream cleanly), then close."""
         if self._writer is None:
@@ -159,10 +176,11 @@ class RtmpPublisher:
         writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(writer.wait_closed(), 2.0)
-        if self._read_task is not None:
-            self._read_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._read_task
+        for task in (self._read_task, self._watchdog_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     # -- media ----------------------------------------------------------------
 
@@ -202,14 +220,38 @@ class RtmpPublisher:
         self._writer.write(data)
         self.bytes_sent += len(data)
         try:
-            await asyncio.wait_for(self._writer.drain(), self.stall_timeout)
-        except TimeoutError:
-            self._fail(
-                ConnectionLost(f"server accepted no data for {self.stall_timeout:g} s (stalled)")
-            )
+            await self._writer.drain()  # the watchdog aborts the transport if this stalls
         except (ConnectionError, OSError) as exc:
             self._fail(ConnectionLost(f"connection lost while sending: {exc}"))
         self._raise_if_failed()
+
+    async def _watchdog(self) -> None:
+        """Declare the link dead when nothing moves for ``stall_timeout`` seconds.
+
+        Two views: the kernel accepting our bytes (a full socket buffer), and
+        the server acknowledging them (a black hole further along keeps the
+        kernel happy but never acks). Acks are only watched once the server
+        has shown that it sends them.
+        """
+        loop = asyncio.get_running_loop()
+        socket_view = StallDetector(self.stall_timeout)
+        server_view = StallDetector(self.stall_timeout)
+        while self._failure is None and self._writer is not None:
+            now = loop.time()
+            buffered = self.write_buffer_size
+            stalled = socket_view.update(self.bytes_sent - buffered, buffered, now)
+            if self.server_acked is not None:
+                owed = self.bytes_sent - self.server_acked - ACK_WINDOW
+                stalled = server_view.update(self.server_acked, max(0, owed), now) or stalled
+            if stalled:
+                self._fail(
+                    ConnectionLost(
+                        f"link stalled: nothing got through for {self.stall_timeout:g} s"
+                    )
+                )
+                self._writer.transport.abort()
+                return
+            await asyncio.sleep(WATCHDOG_PERIOD)
 
     async def _call(self, name: str, *args: Any) -> msg.Command:
         transaction = self._transaction()
@@ -288,7 +330,13 @@ class RtmpPublisher:
 
     def _dispatch(self, message: Message) -> None:
         try:
-            if message.type_id == msg.WINDOW_ACK_SIZE:
+            if message.type_id == msg.ACKNOWLEDGEMENT:
+                # The sequence number wraps at 4 GiB (hours of video): unwrap it
+                # against what we sent.
+                sequence = msg.u32(message.payload)
+                acked = self.bytes_sent - ((self.bytes_sent - sequence) % (1 << 32))
+                self.server_acked = max(self.server_acked or 0, acked)
+            elif message.type_id == msg.WINDOW_ACK_SIZE:
                 self._ack_window = msg.u32(message.payload)
             elif message.type_id == msg.USER_CONTROL:
                 payload = message.payload
