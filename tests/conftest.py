@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -56,3 +62,67 @@ def run_cli(*args: str, timeout: float = 60.0) -> CliResult:
         out, err = proc.communicate()
         pytest.fail(f"streamer {' '.join(args)} did not end within {timeout} s:\n{err[-2000:]}")
     return CliResult(proc.returncode, out, err)
+
+
+class LiveCli:
+    """``streamer run --log-format json`` in the background, its log lines read as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = start_cli(*args, "--log-format", "json")
+        self.events: list[dict[str, Any]] = []
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line)
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    event["_received"] = time.monotonic()
+                    self.events.append(event)
+                self._cond.notify_all()
+
+    def transitions(self) -> list[str]:
+        with self._cond:
+            return [e["transition"] for e in self.events if e.get("event") == "state"]
+
+    def wait_for_state(self, transition: str, timeout: float, after: int = 0) -> dict[str, Any]:
+        """The first 'state' event with this transition (``'live -> reconnecting'``)."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [
+                    e
+                    for e in self.events[after:]
+                    if e.get("event") == "state" and e.get("transition") == transition
+                ]
+                if found:
+                    return found[0]
+                left = end - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    pytest.fail(
+                        f"no '{transition}' within {timeout} s; transitions: "
+                        f"{self.transitions()}\n{''.join(self.lines[-20:])}"
+                    )
+                self._cond.wait(min(left, 0.2))
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"streamer did not stop within {timeout} s after signal {sig}")
+        self._reader.join(timeout=5)
+        return self.proc.returncode
+
+    @property
+    def output(self) -> str:
+        with self._cond:
+            return "".join(self.lines)

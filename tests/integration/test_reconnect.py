@@ -1,0 +1,131 @@
+"""A device that runs unattended: server restarts, dead links, refusals, silent servers."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import threading
+import time
+
+from streamer.localserver import LocalRtmpServer, free_port
+from tests.conftest import LiveCli, run_cli
+from tests.media_check import analyze_file
+from tests.netproxy import ThrottleProxy
+
+
+def _assert_clean_recording(server: LocalRtmpServer) -> None:
+    [recording] = server.recordings()
+    report = analyze_file(recording)
+    assert report.decode_errors == []
+    assert report.video_keyframes[0], "a new session must start with a keyframe"
+    assert report.video_pts_ms[0] <= 100, "timestamps restart from the new session's origin"
+    assert len(report.video_pts_ms) >= 30
+    for track in (report.video_pts_ms, report.audio_pts_ms):
+        assert all(b > a for a, b in itertools.pairwise(track))
+
+
+def test_server_restarts_three_times_without_restarting_the_process() -> None:
+    port = free_port()
+    servers = [LocalRtmpServer(port=port)]
+    servers[0].start()
+    cli = LiveCli("run", "--url", servers[0].url("cycle"), "--size", "320x180")
+    reconnect_times = []
+    try:
+        cli.wait_for_state("preparing -> live", timeout=15)
+        for _ in range(3):
+            time.sleep(3)
+            seen = len(cli.events)
+            servers[-1].stop()  # the server goes away mid-stream
+            lost = cli.wait_for_state("live -> reconnecting", timeout=15, after=seen)
+            time.sleep(3)
+            servers.append(LocalRtmpServer(port=port))
+            servers[-1].start()
+            back = cli.wait_for_state("reconnecting -> live", timeout=40, after=seen)
+            reconnect_times.append(back["_received"] - lost["_received"])
+        time.sleep(3)
+        assert cli.proc.poll() is None, "the process must live through every outage"
+        assert cli.stop() == 0, cli.output[-3000:]
+        print(f"reconnect times (s): {[round(t, 1) for t in reconnect_times]}")
+        for server in servers[1:]:
+            server.stop()
+            _assert_clean_recording(server)
+    finally:
+        cli.stop(signal.SIGKILL)
+        for server in servers:
+            server.stop()
+            server.remove()
+
+
+def test_black_hole_is_detected_and_the_stream_comes_back(rtmp_server: LocalRtmpServer) -> None:
+    proxy = ThrottleProxy(rtmp_server.port)
+    proxy.start()
+    url = f"rtmp://127.0.0.1:{proxy.port}/live/hole"
+    cli = LiveCli("run", "--url", url, "--size", "320x180")
+    try:
+        cli.wait_for_state("preparing -> live", timeout=15)
+        time.sleep(3)
+        seen = len(cli.events)
+        proxy.blackhole(True)
+        started = time.monotonic()
+        lost = cli.wait_for_state("live -> reconnecting", timeout=20, after=seen)
+        detected_after = lost["_received"] - started
+        assert detected_after <= 12.0, detected_after
+        time.sleep(max(0.0, 15 - (time.monotonic() - started)))
+        proxy.blackhole(False)
+        resumed = time.monotonic()
+        back = cli.wait_for_state("reconnecting -> live", timeout=40, after=seen)
+        print(
+            f"black hole detected after {detected_after:.1f} s, "
+            f"live again {back['_received'] - resumed:.1f} s after the link came back"
+        )
+        time.sleep(2)
+        assert cli.stop() == 0
+    finally:
+        cli.stop(signal.SIGKILL)
+        proxy.stop()
+
+
+def test_refused_publish_ends_a_cli_run_with_the_reason(rtmp_server: LocalRtmpServer) -> None:
+    started = time.monotonic()
+    result = run_cli("run", "--url", rtmp_server.url("nope", app="locked"), timeout=30)
+    assert time.monotonic() - started < 15
+    assert result.returncode == 1
+    assert "streamer: error: server rejected the stream" in result.stderr
+
+
+def test_refused_publish_in_service_mode_is_retried_slowly(rtmp_server: LocalRtmpServer) -> None:
+    cli = LiveCli(
+        "run", "--url", rtmp_server.url("nope", app="locked"), "--service", "--size", "320x180"
+    )
+    try:
+        cli.wait_for_state("preparing -> error", timeout=15)
+        time.sleep(30)
+        attempts = rtmp_server.error_log().count("publish: name='nope'")
+        assert 1 <= attempts <= 2, attempts
+        assert cli.proc.poll() is None, "service mode must not exit on a refusal"
+        assert cli.stop(signal.SIGTERM) == 0
+    finally:
+        cli.stop(signal.SIGKILL)
+
+
+def test_server_that_says_nothing_times_out() -> None:
+    port = free_port()
+    ready = threading.Event()
+
+    async def silent() -> None:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(60)
+
+        server = await asyncio.start_server(handle, "127.0.0.1", port)
+        ready.set()
+        async with server:
+            await asyncio.sleep(40)
+
+    threading.Thread(target=asyncio.run, args=(silent(),), daemon=True).start()
+    assert ready.wait(5)
+    started = time.monotonic()
+    result = run_cli("run", "--url", f"rtmp://127.0.0.1:{port}/live/x", timeout=30)
+    assert result.returncode == 1
+    assert "handshake" in result.stderr
+    assert 9 <= time.monotonic() - started <= 20
