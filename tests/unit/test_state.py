@@ -79,7 +79,11 @@ def test_triggers_fired_from_a_listener_are_queued_not_reentrant() -> None:
 
 def test_a_failing_listener_does_not_stop_the_machine() -> None:
     s = DeviceState()
-    s.subscribe(lambda *_: 1 / 0)
+
+    def broken(old: str, new: str, reason: str) -> None:
+        raise ZeroDivisionError
+
+    s.subscribe(broken)
     assert s.fire("start", "x") and s.state == PREPARING
 
 
