@@ -114,11 +114,18 @@ def _on_loop(loop: asyncio.AbstractEventLoop, command: Callable[[str], None], by
     loop.call_soon_threadsafe(command, by)
 
 
-async def stream(settings: Settings, button: str | None = None, led: str | None = None) -> None:
-    """Run the device; SIGINT/SIGTERM end it cleanly (unpublish, close hardware)."""
-    shutdown = asyncio.Event()
+async def stream(
+    settings: Settings,
+    button: str | None = None,
+    led: str | None = None,
+    *,
+    streamer: Streamer | None = None,
+    shutdown: asyncio.Event | None = None,
+) -> None:
+    """Run the device; SIGINT/SIGTERM (or ``shutdown``) end it cleanly."""
+    shutdown = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
-    streamer = Streamer(settings)
+    streamer = streamer or Streamer(settings)
     with contextlib.ExitStack() as controls:
         if led:
             from streamer.controls.led import StatusLed

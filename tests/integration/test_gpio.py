@@ -1,0 +1,121 @@
+"""A person with a push button and an LED, simulated by gpiozero's MockFactory."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+
+from streamer.__main__ import stream
+from streamer.app import Settings, Streamer
+from streamer.localserver import LocalRtmpServer
+from streamer.rtmp.url import parse_url
+from tests.media_check import analyze_file
+
+BUTTON, LED = "GPIO17", "GPIO27"
+
+
+@pytest.fixture
+def pins() -> Iterator[MockFactory]:
+    previous = Device.pin_factory
+    Device.pin_factory = factory = MockFactory()
+    try:
+        yield factory
+    finally:
+        factory.reset()
+        Device.pin_factory = previous
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def press(factory: MockFactory, seconds: float = 0.1) -> None:
+    pin = factory.pin(17)
+    pin.drive_low()
+    await asyncio.sleep(seconds)
+    pin.drive_high()
+
+
+def test_short_presses_stop_and_start_the_stream(
+    pins: MockFactory, rtmp_server: LocalRtmpServer
+) -> None:
+    settings = Settings(url=parse_url(rtmp_server.url("gpio")), width=320, height=180)
+
+    async def scenario() -> None:
+        shutdown = asyncio.Event()
+        streamer = Streamer(settings)
+        task = asyncio.create_task(
+            stream(settings, BUTTON, LED, streamer=streamer, shutdown=shutdown)
+        )
+        state = streamer.state
+        led = pins.pin(27)
+        await until(lambda: state.state == "live", 15, "live at start")
+        await asyncio.sleep(2)
+        assert led.state == 1
+        await press(pins)
+        await until(lambda: state.state == "idle", 10, "idle after a press")
+        assert led.state == 0
+        await asyncio.sleep(1)
+        assert led.state == 0 and len(rtmp_server.recordings()) == 1
+        await press(pins)
+        await until(lambda: state.state == "live", 15, "live after a second press")
+        await asyncio.sleep(3)
+        assert led.state == 1
+        shutdown.set()
+        await asyncio.wait_for(task, 15)
+
+    asyncio.run(scenario())
+    rtmp_server.stop()
+    first, second = (analyze_file(p) for p in rtmp_server.recordings())
+    for report in (first, second):
+        assert report.decode_errors == []
+        assert report.video_keyframes[0]
+    assert len(first.video_pts_ms) >= 2 * 30 * 0.9
+    assert len(second.video_pts_ms) >= 3 * 30 * 0.9
+
+
+def test_holding_the_button_clears_an_error(
+    pins: MockFactory, rtmp_server: LocalRtmpServer
+) -> None:
+    settings = Settings(
+        url=parse_url(rtmp_server.url("gpio", app="locked")), width=320, height=180, service=True
+    )
+
+    async def scenario() -> None:
+        shutdown = asyncio.Event()
+        streamer = Streamer(settings)
+        task = asyncio.create_task(
+            stream(settings, BUTTON, LED, streamer=streamer, shutdown=shutdown)
+        )
+        state = streamer.state
+        led = pins.pin(27)
+        await until(lambda: state.state == "error", 15, "error from a refused publish")
+        led.clear_states()
+        await asyncio.sleep(2.5)
+        changes = led.states
+        on_times = [
+            b.timestamp - a.timestamp
+            for a, b in itertools.pairwise(changes)
+            if a.state and not b.state
+        ]
+        assert len(on_times) >= 3, "error blinks"
+        assert all(t < 0.3 for t in on_times), f"error is short double pulses: {on_times}"
+        await press(pins, seconds=3.3)
+        await until(lambda: state.state == "idle", 5, "idle after a 3 s hold")
+        await asyncio.sleep(0.5)
+        assert led.state == 0
+        assert "reset" in state.reason or "held" in state.reason
+        shutdown.set()
+        await asyncio.wait_for(task, 15)
+
+    asyncio.run(scenario())
