@@ -172,7 +172,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logsetup.configure(args.log_level, args.log_format)
+    logsetup.configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "auto"))
     try:
         if args.command == "run":
             asyncio.run(stream(settings_from(args, args.url), args.button, args.led))

@@ -118,7 +118,14 @@ def mermaid_diagram() -> str:
         initial=IDLE,
         auto_transitions=False,
         graph_engine="mermaid",
-        title="streamer",
     )
     source: str = model.get_graph().draw(None)  # type: ignore[attr-defined]
-    return source
+    # Keep the diagram itself: no front matter (not valid YAML as emitted) and
+    # no styling of "the current state", which a static diagram does not have.
+    body = source[source.index("stateDiagram-v2") :]
+    lines = [
+        line
+        for line in body.splitlines()
+        if not line.strip().startswith(("classDef ", "Class ")) and line.strip()
+    ]
+    return "\n".join(lines) + "\n"

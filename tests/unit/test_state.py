@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,8 @@ def test_mermaid_diagram_has_every_transition() -> None:
             line.strip().startswith(f"{source} --> {dest}:") and trigger in line
             for line in text.splitlines()
         ), (source, trigger, dest)
+
+
+def test_readme_embeds_the_current_diagram() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert mermaid_diagram().strip() in readme, "run `streamer state-diagram` into README.md"
