@@ -43,6 +43,7 @@ log = structlog.get_logger("streamer")
 
 STATS_INTERVAL = 5.0
 DRAIN_ON_STOP = 2.0  # seconds allowed to send what is queued when stopping
+SEND_BATCH = 16  # packets written per socket flush: few loop turns, no hidden backlog
 NETWORK_ERRORS = (ConnectFailed, ConnectionLost, ProtocolError)
 
 
@@ -72,26 +73,38 @@ class PacketHandoff:
         self._lock = threading.Lock()
         self._loop = loop
         self.ready = asyncio.Event()
+        self._consumer_waiting = False
 
     def push(self, packets: list[Packet]) -> None:
-        """Called from capture threads: never blocks on the network."""
+        """Called from capture threads: never blocks on the network.
+
+        The event loop is woken only when its consumer found the queue empty
+        and is waiting: one wake-up per batch, not one per packet.
+        """
         if not packets:
             return
         with self._lock:
             for packet in packets:
                 self.queue.push(packet)
-        self.wake()
-
-    def wake(self) -> None:
-        with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
-            self._loop.call_soon_threadsafe(self.ready.set)
+            wake, self._consumer_waiting = self._consumer_waiting, False
+        if wake:
+            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                self._loop.call_soon_threadsafe(self.ready.set)
 
     def pop(self) -> Packet | None:
+        batch = self.pop_batch(1)
+        return batch[0] if batch else None
+
+    def pop_batch(self, limit: int) -> list[Packet]:
+        """Up to ``limit`` packets in send order; empty means: wait for ``ready``."""
         with self._lock:
-            packet = self.queue.pop()
-            if packet is None:
+            batch: list[Packet] = []
+            while len(batch) < limit and (packet := self.queue.pop()) is not None:
+                batch.append(packet)
+            if not batch:
+                self._consumer_waiting = True
                 self.ready.clear()
-            return packet
+            return batch
 
     def take_keyframe_request(self) -> bool:
         with self._lock:
@@ -379,19 +392,22 @@ class Streamer:
                 return True
             pipeline.check()
             stats.maybe_log(now)
-            packet = handoff.pop()
-            if packet is None:
+            batch = handoff.pop_batch(SEND_BATCH)
+            if not batch:
                 wait = STATS_INTERVAL
                 if self._deadline is not None:
                     wait = min(wait, self._deadline - now)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(handoff.ready.wait(), max(0.0, wait))
+                    async with asyncio.timeout(max(0.0, wait)):
+                        await handoff.ready.wait()
                 continue
-            await self._send(publisher, packet)
+            for packet in batch:
+                self._write(publisher, packet)
+            await publisher.flush()
         return False
 
-    async def _send(self, publisher: RtmpPublisher, packet: Packet) -> None:
-        """Rebase onto the session origin (its first keyframe) and send."""
+    def _write(self, publisher: RtmpPublisher, packet: Packet) -> None:
+        """Rebase onto the session origin (its first keyframe) and hand to the socket."""
         if self._origin is None:
             if packet.kind is not Kind.VIDEO or not packet.keyframe:
                 return  # nothing is sent before the first keyframe
@@ -402,10 +418,10 @@ class Streamer:
         self._last_ts[packet.kind] = ts
         if packet.kind is Kind.VIDEO:
             body = flv.avc_frame(packet.data, packet.keyframe, packet.pts_ms - packet.dts_ms)
-            await publisher.send_video(ts, body)
+            publisher.write_video(ts, body)
             self.video_packets_sent += 1
         else:
-            await publisher.send_audio(ts, flv.aac_frame(packet.data))
+            publisher.write_audio(ts, flv.aac_frame(packet.data))
 
     async def _close_publisher(self, graceful: bool) -> None:
         publisher, self.publisher = self.publisher, None
@@ -424,7 +440,8 @@ class Streamer:
                 end = time.monotonic() + DRAIN_ON_STOP
                 with contextlib.suppress(StreamerError):
                     while time.monotonic() < end and (packet := pipeline.handoff.pop()):
-                        await self._send(publisher, packet)
+                        self._write(publisher, packet)
+                        await publisher.flush()
         await self._close_publisher(graceful)
 
 

@@ -51,9 +51,10 @@ class AacEncoder:
         if samples is not None:
             if self._anchor_ms is None:
                 self._anchor_ms = capture_ms
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(samples).reshape(1, -1), format="s16", layout=self._layout
-            )
+            # The encoder wants planar float: convert here in one numpy step
+            # rather than through a resampler per frame.
+            planar = np.ascontiguousarray(samples.T, dtype=np.float32) * (1 / 32768)
+            frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=self._layout)
             frame.sample_rate = self.sample_rate
             frame.pts = self._samples
             frame.time_base = Fraction(1, self.sample_rate)

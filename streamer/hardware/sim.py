@@ -12,6 +12,7 @@ import math
 import time
 
 import av
+import av.video.plane
 import numpy as np
 import numpy.typing as npt
 
@@ -61,7 +62,13 @@ class Pacer:
 
 
 class SimCamera:
-    """A moving test pattern with a frame counter in the top-left corner."""
+    """A test pattern with a moving block and a frame counter in the top-left corner.
+
+    Like a real fixed camera, most of the picture is still (a luma gradient
+    over colour bars) and a part moves (a textured block sliding across), so
+    the encoder does the work a real scene costs, not the worst case of a
+    picture that scrolls as a whole.
+    """
 
     def __init__(self, width: int, height: int, fps: float) -> None:
         self.width, self.height, self.fps = width, height, fps
@@ -70,44 +77,75 @@ class SimCamera:
         w, h = width, height
         x = np.arange(w, dtype=np.float32)
         y = np.arange(h, dtype=np.float32)[:, None]
-        luma = 40 + 150 * (0.5 + 0.5 * np.sin(2 * math.pi * (x / 160.0 + y / 240.0)))
-        self._y = luma.astype(np.uint8)
+        self._y = (40 + 120 * (x / w) + 40 * (y / h)).astype(np.uint8)
         cx = np.arange(w // 2)
         bars = (cx * 8 // max(1, w // 2)).astype(np.int64)
         u_levels = np.array([128, 44, 156, 72, 184, 100, 212, 128], dtype=np.uint8)
         v_levels = np.array([128, 142, 44, 58, 198, 212, 114, 128], dtype=np.uint8)
         self._u = np.tile(u_levels[bars], (h // 2, 1))
         self._v = np.tile(v_levels[bars], (h // 2, 1))
+        # The moving block: a sine texture, a quarter of the width, a third of the height.
+        self._bw, self._bh = max(8, (w // 4) & ~1), max(8, (h // 3) & ~1)
+        bx = np.arange(self._bw, dtype=np.float32)
+        by = np.arange(self._bh, dtype=np.float32)[:, None]
+        block = 128 + 100 * np.sin(2 * math.pi * (bx / 32.0)) * np.cos(2 * math.pi * by / 48.0)
+        self._block = block.astype(np.uint8)
+        self._by = (h - self._bh) // 2
         self._scale = max(2, h // 60)
         self._masks = digit_masks(self._scale)
-        self._step = max(1, w // 160)
+        self._step = max(2, (w // 160) & ~1)
 
     def open(self) -> None:
         self._pacer = Pacer(1.0 / self.fps)
 
-    def picture(self, n: int) -> npt.NDArray[np.uint8]:
-        """The yuv420p picture of frame ``n`` as one (h*3/2, w) array."""
-        shift = (n * self._step) % self.width
-        y = np.roll(self._y, shift, axis=1)
+    def draw(
+        self, n: int, y: npt.NDArray[np.uint8], u: npt.NDArray[np.uint8], v: npt.NDArray[np.uint8]
+    ) -> None:
+        """Paint frame ``n`` into the three planes (views of a frame's own buffers)."""
+        y[:] = self._y
+        u[:] = self._u
+        v[:] = self._v
+        span = self.width - self._bw
+        x0 = (n * self._step) % (2 * span) if span > 0 else 0
+        x0 = x0 if x0 <= span else 2 * span - x0  # back and forth
+        x0 &= ~1
+        y[self._by : self._by + self._bh, x0 : x0 + self._bw] = self._block
+        u[self._by // 2 : (self._by + self._bh) // 2, x0 // 2 : (x0 + self._bw) // 2] = 90
         s = self._scale
         box_h, box_w = 7 * s, (4 * COUNTER_DIGITS + 1) * s
         y[:box_h, :box_w] = 16
+        u[: box_h // 2, : box_w // 2] = 128
+        v[: box_h // 2, : box_w // 2] = 128
         for i, ch in enumerate(f"{n % 10**COUNTER_DIGITS:0{COUNTER_DIGITS}d}"):
-            x0 = s + 4 * s * i
-            y[s : 6 * s, x0 : x0 + 3 * s][self._masks[ch]] = 235
-        u = np.roll(self._u, shift // 2, axis=1)
-        v = np.roll(self._v, shift // 2, axis=1)
-        flat = np.concatenate([y.ravel(), u.ravel(), v.ravel()])
-        return flat.reshape(self.height * 3 // 2, self.width)
+            x = s + 4 * s * i
+            y[s : 6 * s, x : x + 3 * s][self._masks[ch]] = 235
+
+    def picture(self, n: int) -> npt.NDArray[np.uint8]:
+        """Frame ``n`` as one yuv420p (h*3/2, w) array (for tests and tools)."""
+        w, h = self.width, self.height
+        flat = np.empty(w * h * 3 // 2, np.uint8)
+        y = flat[: w * h].reshape(h, w)
+        u = flat[w * h : w * h * 5 // 4].reshape(h // 2, w // 2)
+        v = flat[w * h * 5 // 4 :].reshape(h // 2, w // 2)
+        self.draw(n, y, u, v)
+        return flat.reshape(h * 3 // 2, w)
 
     def read(self) -> tuple[av.VideoFrame, float]:
         captured = self._pacer.wait()
-        frame = av.VideoFrame.from_ndarray(self.picture(self.frames), format="yuv420p")
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        self.draw(self.frames, *(plane_view(p) for p in frame.planes))
         self.frames += 1
         return frame, captured
 
     def close(self) -> None:
         pass
+
+
+def plane_view(plane: av.video.plane.VideoPlane) -> npt.NDArray[np.uint8]:
+    """A writable numpy view of a frame plane, without its line padding."""
+    flat = np.frombuffer(memoryview(plane), dtype=np.uint8)  # type: ignore[call-overload]
+    rows: npt.NDArray[np.uint8] = flat.reshape(plane.height, plane.line_size)
+    return rows[:, : plane.width]
 
 
 class SimMicrophone:

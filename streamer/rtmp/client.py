@@ -190,10 +190,19 @@ class RtmpPublisher:
         )
 
     async def send_audio(self, timestamp_ms: int, body: bytes) -> None:
-        await self._send(Message(msg.CSID_AUDIO, timestamp_ms, msg.AUDIO, self.stream_id, body))
+        self.write_audio(timestamp_ms, body)
+        await self.flush()
 
     async def send_video(self, timestamp_ms: int, body: bytes) -> None:
-        await self._send(Message(msg.CSID_VIDEO, timestamp_ms, msg.VIDEO, self.stream_id, body))
+        self.write_video(timestamp_ms, body)
+        await self.flush()
+
+    def write_audio(self, timestamp_ms: int, body: bytes) -> None:
+        """Queue an audio message without waiting; ``flush()`` waits for the socket."""
+        self._write(Message(msg.CSID_AUDIO, timestamp_ms, msg.AUDIO, self.stream_id, body))
+
+    def write_video(self, timestamp_ms: int, body: bytes) -> None:
+        self._write(Message(msg.CSID_VIDEO, timestamp_ms, msg.VIDEO, self.stream_id, body))
 
     @property
     def write_buffer_size(self) -> int:
@@ -214,11 +223,20 @@ class RtmpPublisher:
 
     async def _send(self, message: Message) -> None:
         """Write one message and wait until the socket has taken most of it."""
+        self._write(message)
+        await self.flush()
+
+    def _write(self, message: Message) -> None:
         self._raise_if_failed()
         assert self._writer is not None
         data = self._out.encode(message)
         self._writer.write(data)
         self.bytes_sent += len(data)
+
+    async def flush(self) -> None:
+        """Wait until the socket has taken what was written (down to a small buffer)."""
+        self._raise_if_failed()
+        assert self._writer is not None
         try:
             await self._writer.drain()  # the watchdog aborts the transport if this stalls
         except (ConnectionError, OSError) as exc:
