@@ -66,6 +66,7 @@ class RtmpPublisher:
         self._read_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self.server_acked: int | None = None  # sequence number of the server's last ack
+        self._unflushed: list[bytes] = []
         self._pending: dict[float, asyncio.Future[msg.Command]] = {}
         self._publish_status: asyncio.Future[dict[str, Any]] | None = None
         self._next_transaction = 1.0
@@ -227,16 +228,19 @@ class RtmpPublisher:
         await self.flush()
 
     def _write(self, message: Message) -> None:
+        """Encode now (chunk headers depend on order), hand to the socket at ``flush``."""
         self._raise_if_failed()
-        assert self._writer is not None
         data = self._out.encode(message)
-        self._writer.write(data)
+        self._unflushed.append(data)
         self.bytes_sent += len(data)
 
     async def flush(self) -> None:
-        """Wait until the socket has taken what was written (down to a small buffer)."""
+        """Write what is pending in one go; wait until the socket has taken most of it."""
         self._raise_if_failed()
         assert self._writer is not None
+        if self._unflushed:
+            self._writer.write(b"".join(self._unflushed))
+            self._unflushed.clear()
         try:
             await self._writer.drain()  # the watchdog aborts the transport if this stalls
         except (ConnectionError, OSError) as exc:
