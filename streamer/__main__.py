@@ -56,6 +56,24 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--audio-bitrate", type=_ranged(int, 16, 512, " kbps"), default=128, help="kbps (128)"
     )
+    p.add_argument(
+        "--drop-threshold-ms",
+        type=_ranged(int, 100, 10000, " ms"),
+        default=700,
+        help="send-queue depth above which video frames are dropped (700)",
+    )
+    p.add_argument(
+        "--min-video-bitrate",
+        type=_ranged(int, 50, 50000, " kbps"),
+        default=300,
+        help="adaptive bitrate never goes below this (300 kbps)",
+    )
+    p.add_argument(
+        "--no-adaptive-bitrate",
+        dest="adaptive_bitrate",
+        action="store_false",
+        help="keep the video bitrate fixed whatever the link does",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="auto", choices=["auto", "console", "plain", "json"])
 
@@ -105,6 +123,9 @@ def settings_from(args: argparse.Namespace, url: str) -> Settings:
         video_bitrate_kbps=args.video_bitrate,
         audio_bitrate_kbps=args.audio_bitrate,
         duration=args.duration,
+        drop_threshold_ms=args.drop_threshold_ms,
+        min_video_bitrate_kbps=args.min_video_bitrate,
+        adaptive_bitrate=args.adaptive_bitrate,
         service=getattr(args, "service", False),
         max_reconnects=getattr(args, "max_reconnects", 10),
     )

@@ -34,7 +34,8 @@ from streamer.exc import (
 from streamer.hardware.base import AudioSource, VideoSource, make_camera, make_microphone
 from streamer.media import Kind, Packet
 from streamer.net.backoff import Backoff
-from streamer.net.sendqueue import SendQueue
+from streamer.net.bitrate import BitrateController
+from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS, SendQueue
 from streamer.rtmp.client import RtmpPublisher
 from streamer.rtmp.url import RtmpUrl
 from streamer.state import ERROR, IDLE, LIVE, DeviceState
@@ -44,6 +45,7 @@ log = structlog.get_logger("streamer")
 STATS_INTERVAL = 5.0
 DRAIN_ON_STOP = 2.0  # seconds allowed to send what is queued when stopping
 SEND_BATCH = 16  # packets written per socket flush: few loop turns, no hidden backlog
+ROOM_WAIT = 0.5  # seconds to wait for a server ack before looking around again
 NETWORK_ERRORS = (ConnectFailed, ConnectionLost, ProtocolError)
 
 
@@ -63,6 +65,9 @@ class Settings:
     connect_timeout: float = 10.0
     stall_timeout: float = 10.0
     error_cooldown: float = 60.0
+    drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS
+    min_video_bitrate_kbps: int = 300
+    adaptive_bitrate: bool = True
 
 
 class PacketHandoff:
@@ -92,19 +97,13 @@ class PacketHandoff:
                 self._loop.call_soon_threadsafe(self.ready.set)
 
     def pop(self) -> Packet | None:
-        batch = self.pop_batch(1)
-        return batch[0] if batch else None
-
-    def pop_batch(self, limit: int) -> list[Packet]:
-        """Up to ``limit`` packets in send order; empty means: wait for ``ready``."""
+        """The next packet to send; None means: wait for ``ready``."""
         with self._lock:
-            batch: list[Packet] = []
-            while len(batch) < limit and (packet := self.queue.pop()) is not None:
-                batch.append(packet)
-            if not batch:
+            packet = self.queue.pop()
+            if packet is None:
                 self._consumer_waiting = True
                 self.ready.clear()
-            return batch
+            return packet
 
     def take_keyframe_request(self) -> bool:
         with self._lock:
@@ -154,7 +153,7 @@ class Pipeline:
 
     def __init__(self, s: Settings, loop: asyncio.AbstractEventLoop) -> None:
         self.clock = MediaClock()
-        self.queue = SendQueue()
+        self.queue = SendQueue(drop_threshold_ms=s.drop_threshold_ms)
         self.queue.offline = True
         self.handoff = PacketHandoff(self.queue, loop)
         self.camera: VideoSource = make_camera(s.camera, s.width, s.height, s.fps)
@@ -228,6 +227,15 @@ class Streamer:
         self.s = settings
         self.state = state or DeviceState()
         self.backoff = Backoff(max_attempts=None if settings.service else settings.max_reconnects)
+        self.bitrate = (
+            BitrateController(
+                max_kbps=settings.video_bitrate_kbps,
+                min_kbps=min(settings.min_video_bitrate_kbps, settings.video_bitrate_kbps),
+                audio_kbps=settings.audio_bitrate_kbps if settings.microphone != "none" else 0,
+            )
+            if settings.adaptive_bitrate
+            else None
+        )
         self.pipeline: Pipeline | None = None
         self.publisher: RtmpPublisher | None = None
         self.reconnects = 0
@@ -377,6 +385,8 @@ class Streamer:
         self._been_live = True
         self.state.fire("published", f"publishing to {self.s.url.redacted}")
         self.backoff.live_since(time.monotonic())
+        if self.bitrate is not None:
+            self.bitrate.reset(time.monotonic())
         if self._deadline is None and self.s.duration:
             self._deadline = time.monotonic() + self.s.duration
         return await self._pump(publisher, pipeline, shutdown)
@@ -392,8 +402,20 @@ class Streamer:
                 return True
             pipeline.check()
             stats.maybe_log(now)
-            batch = handoff.pop_batch(SEND_BATCH)
-            if not batch:
+            self._adapt(publisher, pipeline, now)
+            if not publisher.has_room():
+                # The link has all it can take: what waits stays in the send
+                # queue, where it is measured and dropped with care.
+                await publisher.wait_for_room(ROOM_WAIT)
+                continue
+            written = 0
+            while written < SEND_BATCH and publisher.has_room():
+                packet = handoff.pop()
+                if packet is None:
+                    break
+                self._write(publisher, packet)
+                written += 1
+            if not written:
                 wait = STATS_INTERVAL
                 if self._deadline is not None:
                     wait = min(wait, self._deadline - now)
@@ -401,10 +423,26 @@ class Streamer:
                     async with asyncio.timeout(max(0.0, wait)):
                         await handoff.ready.wait()
                 continue
-            for packet in batch:
-                self._write(publisher, packet)
             await publisher.flush()
         return False
+
+    def _adapt(self, publisher: RtmpPublisher, pipeline: Pipeline, now: float) -> None:
+        """Feed the bitrate controller what the server took; apply a new target."""
+        controller = self.bitrate
+        if controller is None:
+            return
+        accepted = publisher.server_acked
+        if accepted is None:
+            accepted = publisher.bytes_sent - publisher.write_buffer_size
+        target = controller.update(now, accepted, pipeline.queue.depth_ms)
+        if target is not None:
+            log.info(
+                "bitrate",
+                target_kbps=target,
+                measured_kbps=round(controller.measured_kbps or 0),
+                queue_ms=pipeline.queue.depth_ms,
+            )
+            pipeline.video.set_bitrate(target)
 
     def _write(self, publisher: RtmpPublisher, packet: Packet) -> None:
         """Rebase onto the session origin (its first keyframe) and hand to the socket."""
@@ -462,12 +500,20 @@ class Stats:
         frames = self.streamer.video_packets_sent
         pipeline = self.streamer.pipeline
         queue = pipeline.queue if pipeline else None
+        counters = queue.counters if queue else None
+        controller = self.streamer.bitrate
         log.info(
             "stats",
             sent_kbps=round((sent - self._last_bytes) * 8 / elapsed / 1000),
             fps=round((frames - self._last_frames) / elapsed, 1),
             queue_ms=queue.depth_ms if queue else 0,
-            dropped=queue.counters.dropped_total if queue else 0,
+            dropped=counters.dropped_total if counters else 0,
+            dropped_video=counters.dropped(Kind.VIDEO) if counters else 0,
+            dropped_audio=counters.dropped(Kind.AUDIO) if counters else 0,
+            keyframes_requested=counters.keyframes_requested if counters else 0,
+            target_kbps=controller.target_kbps
+            if controller
+            else self.streamer.s.video_bitrate_kbps,
             reconnects=self.streamer.reconnects,
             elapsed=f"{now - self.started:.0f}s",
         )

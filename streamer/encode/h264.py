@@ -3,10 +3,32 @@
 VBV (maxrate/bufsize) is what lets the bitrate change on a running encoder
 later; global_header makes SPS/PPS available as extradata at open, so the
 FLV sequence header never has to wait for (or consume) a frame.
+
+Changing the bitrate while running (``set_bitrate``), as verified in FFmpeg's
+libavcodec/libx264.c and x264's encoder.c: before each frame FFmpeg's
+``reconfig_encoder`` compares ``AVCodecContext.bit_rate`` (PyAV ``cc.bit_rate``)
+with x264's ``rc.i_bitrate`` (ABR mode, which setting ``bit_rate`` selects), and
+``rc_max_rate``/``rc_buffer_size`` (the ``maxrate``/``bufsize`` options) with
+``rc.i_vbv_max_bitrate``/``rc.i_vbv_buffer_size``, and calls
+``x264_encoder_reconfig`` on a difference. x264 only takes a new bitrate there
+when VBV was on at open (hence maxrate/bufsize). PyAV 18 exposes
+``rc_max_rate`` as the read-only ``cc.max_bit_rate`` and ``rc_buffer_size`` not
+at all (``cc.options`` only applies at open), so only ``bit_rate`` moves: the
+VBV ceiling stays at the opening bitrate. Lowering works (ABR converges within
+about a second), raising back works up to that ceiling, and asking for more is
+capped by x264 at the ceiling, so ``set_bitrate`` clamps to it.
+
+Other encoders: FFmpeg's ``h264_v4l2m2m`` sets ``V4L2_CID_MPEG_VIDEO_BITRATE``
+once, in ``v4l2_prepare_encoder`` at open, so through FFmpeg a V4L2 M2M encoder
+can only change bitrate by reopening (new SPS/PPS, a new sequence header and a
+keyframe). The Pi's encoder device itself accepts the control while streaming:
+picamera2's ``H264Encoder`` talks to the same V4L2 device and can set
+``V4L2_CID_MPEG_VIDEO_BITRATE`` while running.
 """
 
 from __future__ import annotations
 
+import threading
 from fractions import Fraction
 
 import av
@@ -21,7 +43,15 @@ MS = Fraction(1, 1000)
 
 
 class H264Encoder:
-    """Encode raw frames stamped in media milliseconds into AVCC packets."""
+    """Encode raw frames stamped in media milliseconds into AVCC packets.
+
+    ``encode`` runs on one thread (capture); ``set_bitrate`` and
+    ``request_keyframe`` may be called from any other (the event loop). The
+    codec context is only ever touched by the encoding thread: a new bitrate
+    waits as pending and is applied at the start of the next ``encode``.
+    ``config`` keeps describing the setup at open (``bitrate_kbps`` included);
+    ``current_bitrate_kbps`` is the bitrate in effect.
+    """
 
     name = "libx264"
 
@@ -53,6 +83,10 @@ class H264Encoder:
         self._cc = cc
         self._last_pts = -1
         self.keyframe_requested = False
+        self.max_bitrate_kbps = bitrate_kbps  # the VBV maxrate set at open: a hard ceiling
+        self._current_kbps = bitrate_kbps
+        self._pending_kbps: int | None = None
+        self._lock = threading.Lock()
         self.config = VideoConfig(
             width=width,
             height=height,
@@ -62,8 +96,39 @@ class H264Encoder:
             encoder_name=self.name,
         )
 
+    @property
+    def current_bitrate_kbps(self) -> int:
+        """The target in effect: changes at the first ``encode`` after ``set_bitrate``."""
+        return self._current_kbps
+
+    def set_bitrate(self, kbps: int) -> None:
+        """Ask for a new target bitrate; thread-safe, applied at the next ``encode``.
+
+        Clamped to ``max_bitrate_kbps`` (the VBV ceiling fixed at open, which x264
+        would enforce anyway). The last request before an ``encode`` wins.
+        """
+        if kbps < 1:
+            raise ValueError(f"bitrate must be >= 1 kbps, got {kbps}")
+        with self._lock:
+            self._pending_kbps = min(kbps, self.max_bitrate_kbps)
+
+    def request_keyframe(self) -> None:
+        """Make the next encoded frame an IDR keyframe (the GOP restarts there)."""
+        self.keyframe_requested = True
+
+    def _apply_pending_bitrate(self) -> None:
+        with self._lock:
+            kbps, self._pending_kbps = self._pending_kbps, None
+        if kbps is None or kbps == self._current_kbps:
+            return
+        # libx264 picks this up before the next frame (reconfig_encoder); rc_max_rate
+        # (cc.max_bit_rate) is read-only in PyAV, so the VBV ceiling stays as opened.
+        self._cc.bit_rate = kbps * 1000
+        self._current_kbps = kbps
+
     def encode(self, frame: av.VideoFrame | None, pts_ms: int = 0) -> list[Packet]:
         """Encode one frame (``None`` flushes); returns the packets it produced."""
+        self._apply_pending_bitrate()
         if frame is not None:
             pts_ms = max(pts_ms, self._last_pts + 1)  # the encoder needs strictly rising pts
             self._last_pts = pts_ms

@@ -67,8 +67,14 @@ class SimCamera:
     Like a real fixed camera, most of the picture is still (a luma gradient
     over colour bars) and a part moves (a textured block sliding across), so
     the encoder does the work a real scene costs, not the worst case of a
-    picture that scrolls as a whole.
+    picture that scrolls as a whole. Light grain, like a sensor's, changes
+    every frame, so the stream needs the bitrate a real camera needs (a clean
+    synthetic picture would fit in a fraction of it, and a squeezed link
+    would squeeze nothing).
     """
+
+    GRAIN = 8  # grain amplitude (luma levels)
+    GRAIN_FRAMES = 8  # precomputed grain pictures, cycled
 
     def __init__(self, width: int, height: int, fps: float) -> None:
         self.width, self.height, self.fps = width, height, fps
@@ -94,6 +100,8 @@ class SimCamera:
         self._scale = max(2, h // 60)
         self._masks = digit_masks(self._scale)
         self._step = max(2, (w // 160) & ~1)
+        rng = np.random.default_rng(1)
+        self._grain = rng.integers(0, self.GRAIN, (self.GRAIN_FRAMES, h, w), dtype=np.uint8)
 
     def open(self) -> None:
         self._pacer = Pacer(1.0 / self.fps)
@@ -110,6 +118,7 @@ class SimCamera:
         x0 = x0 if x0 <= span else 2 * span - x0  # back and forth
         x0 &= ~1
         y[self._by : self._by + self._bh, x0 : x0 + self._bw] = self._block
+        y += self._grain[n % self.GRAIN_FRAMES]
         u[self._by // 2 : (self._by + self._bh) // 2, x0 // 2 : (x0 + self._bw) // 2] = 90
         s = self._scale
         box_h, box_w = 7 * s, (4 * COUNTER_DIGITS + 1) * s

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from streamer.media import Kind, Packet
 
+DEFAULT_DROP_THRESHOLD_MS = 700
 DEFAULT_HARD_LIMIT_MS = 2000
 
 
@@ -35,13 +36,27 @@ class QueueCounters:
 
 
 class SendQueue:
-    """Packets in arrival order per track; popped in timestamp order across tracks."""
+    """Packets in arrival order per track; popped in timestamp order across tracks.
 
-    def __init__(self, hard_limit_ms: int = DEFAULT_HARD_LIMIT_MS) -> None:
-        self.hard_limit_ms = hard_limit_ms
+    Depth is how far the oldest waiting packet lags behind the newest one
+    captured, in media time. Above ``drop_threshold_ms`` the rest of the
+    oldest GOP's predicted frames are dropped (its keyframe stays); above
+    ``hard_limit_ms`` all video before the newest keyframe goes. When no
+    keyframe is left to resume at, new predicted frames are dropped until
+    the next keyframe, which the encoder is asked for at once.
+    """
+
+    def __init__(
+        self,
+        drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS,
+        hard_limit_ms: int = DEFAULT_HARD_LIMIT_MS,
+    ) -> None:
+        self.drop_threshold_ms = drop_threshold_ms
+        self.hard_limit_ms = max(hard_limit_ms, drop_threshold_ms)
         self.counters = QueueCounters()
         self._video: deque[Packet] = deque()
         self._audio: deque[Packet] = deque()
+        self._newest = {Kind.VIDEO: 0, Kind.AUDIO: 0}
         self._awaiting_keyframe = False
         self.keyframe_wanted = False
         self.offline = False  # no connection: nothing is kept (it would be flushed anyway)
@@ -49,14 +64,17 @@ class SendQueue:
     def __len__(self) -> int:
         return len(self._video) + len(self._audio)
 
-    @staticmethod
-    def _span(packets: deque[Packet]) -> int:
-        return packets[-1].dts_ms - packets[0].dts_ms if packets else 0
+    def _lag(self, packets: deque[Packet], kind: Kind) -> int:
+        return self._newest[kind] - packets[0].dts_ms if packets else 0
 
     @property
     def depth_ms(self) -> int:
-        """Media time waiting: the larger of the video and audio spans."""
-        return max(self._span(self._video), self._span(self._audio))
+        """Media time waiting: how far the oldest queued packet lags the newest captured."""
+        return max(self._lag(self._video, Kind.VIDEO), self._lag(self._audio, Kind.AUDIO))
+
+    @property
+    def video_depth_ms(self) -> int:
+        return self._lag(self._video, Kind.VIDEO)
 
     def push(self, packet: Packet) -> None:
         self.counters.queued_packets += 1
@@ -64,9 +82,12 @@ class SendQueue:
         if self.offline:
             self._drop(packet, "offline")
             return
+        self._newest[packet.kind] = max(self._newest[packet.kind], packet.dts_ms)
         if packet.kind is Kind.AUDIO:
+            # Audio is small and keeps the picture's meaning: only a link too
+            # slow even for audio makes us drop it, oldest first.
             self._audio.append(packet)
-            while self._span(self._audio) > self.hard_limit_ms:
+            while self._lag(self._audio, Kind.AUDIO) > self.hard_limit_ms:
                 self._drop(self._audio.popleft(), "hard_limit")
             return
         if self._awaiting_keyframe:
@@ -75,21 +96,38 @@ class SendQueue:
                 return
             self._awaiting_keyframe = False
         self._video.append(packet)
-        if self._span(self._video) > self.hard_limit_ms:
+        lag = self._lag(self._video, Kind.VIDEO)
+        if lag > self.hard_limit_ms:
             self._cut_video()
+        elif lag > self.drop_threshold_ms:
+            self._thin_oldest_gop()
+
+    def _thin_oldest_gop(self) -> None:
+        """Drop the predicted frames of the oldest GOP; its keyframe stays."""
+        video = self._video
+        first = next((i for i, p in enumerate(video) if not p.keyframe), None)
+        if first is None:
+            return  # only keyframes wait: the hard limit deals with them
+        resume = next((i for i in range(first + 1, len(video)) if video[i].keyframe), None)
+        end = resume if resume is not None else len(video)
+        packets = list(video)
+        for packet in packets[first:end]:
+            self._drop(packet, "congestion")
+        self._video = deque(packets[:first] + packets[end:])
+        if resume is None:
+            self._request_keyframe()
 
     def _cut_video(self) -> None:
-        """Drop queued video up to the newest keyframe (or all of it, then wait for one)."""
+        """Drop queued video up to the newest keyframe; if even that lags too much, all of it."""
         newest_key = max(
             (i for i, p in enumerate(self._video) if p.keyframe and i > 0), default=None
         )
-        if newest_key is None:
+        for _ in range(newest_key or 0):
+            self._drop(self._video.popleft(), "hard_limit")
+        if self._lag(self._video, Kind.VIDEO) > self.hard_limit_ms:
             while self._video:
                 self._drop(self._video.popleft(), "hard_limit")
             self._request_keyframe()
-            return
-        for _ in range(newest_key):
-            self._drop(self._video.popleft(), "hard_limit")
 
     def _drop(self, packet: Packet, reason: str) -> None:
         key = (packet.kind.value, reason)

@@ -30,6 +30,7 @@ from streamer.net.stall import StallDetector
 from streamer.rtmp import message as msg
 from streamer.rtmp.chunk import ChunkReader, ChunkWriter, Message
 from streamer.rtmp.handshake import client_handshake
+from streamer.rtmp.inflight import InFlightWindow
 from streamer.rtmp.url import RtmpUrl
 
 log = structlog.get_logger("streamer.rtmp")
@@ -39,7 +40,7 @@ CHUNK_SIZE = 4096
 WRITE_BUFFER_HIGH = 64 * 1024
 # We ask the server to acknowledge every ACK_WINDOW bytes: its acks prove the
 # stream reaches the server application, not just a kernel buffer on the way.
-ACK_WINDOW = 64 * 1024
+ACK_WINDOW = 8 * 1024
 WATCHDOG_PERIOD = 0.5
 FLASH_VERSION = "FMLE/3.0 (compatible; streamer)"
 
@@ -66,6 +67,8 @@ class RtmpPublisher:
         self._read_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self.server_acked: int | None = None  # sequence number of the server's last ack
+        self.window = InFlightWindow(min_window=4 * ACK_WINDOW)
+        self.acked = asyncio.Event()  # set on every server ack: room to send again
         self._unflushed: list[bytes] = []
         self._pending: dict[float, asyncio.Future[msg.Command]] = {}
         self._publish_status: asyncio.Future[dict[str, Any]] | None = None
@@ -205,6 +208,18 @@ class RtmpPublisher:
     def write_video(self, timestamp_ms: int, body: bytes) -> None:
         self._write(Message(msg.CSID_VIDEO, timestamp_ms, msg.VIDEO, self.stream_id, body))
 
+    def has_room(self) -> bool:
+        """Whether more media may be written now without hiding a backlog in buffers."""
+        return self.window.room(self.bytes_sent)
+
+    async def wait_for_room(self, timeout: float) -> None:
+        self.acked.clear()
+        if not self.has_room():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.acked.wait()
+        self._raise_if_failed()
+
     @property
     def write_buffer_size(self) -> int:
         """Bytes accepted by us but not yet by the kernel."""
@@ -241,10 +256,13 @@ class RtmpPublisher:
         if self._unflushed:
             self._writer.write(b"".join(self._unflushed))
             self._unflushed.clear()
+            self.window.sent(self.bytes_sent, asyncio.get_running_loop().time())
         try:
             await self._writer.drain()  # the watchdog aborts the transport if this stalls
         except (ConnectionError, OSError) as exc:
-            self._fail(ConnectionLost(f"connection lost while sending: {exc}"))
+            # During connect/publish a server that refuses often just hangs up;
+            # whether we notice on reading or on writing, it means the same.
+            self._fail(self._closed_by_server(f"connection lost while sending: {exc}"))
         self._raise_if_failed()
 
     async def _watchdog(self) -> None:
@@ -302,7 +320,8 @@ class RtmpPublisher:
                 future.set_exception(self._failure)
                 future.exception()  # mark retrieved: the waiter may already be gone
 
-    def _closed_by_server(self) -> StreamerError:
+    def _closed_by_server(self, otherwise: str = "server closed the connection") -> StreamerError:
+        """A hang-up: during connect/publish it is the server's answer, later a lost link."""
         if self._phase == "connect":
             return PublishRejected(
                 "NetConnection.Connect.Rejected",
@@ -314,7 +333,7 @@ class RtmpPublisher:
                 "NetStream.Publish.Rejected",
                 "server closed the connection in answer to publish; is the stream key right?",
             )
-        return ConnectionLost("server closed the connection")
+        return ConnectionLost(otherwise)
 
     async def _read_loop(self) -> None:
         assert self._reader is not None
@@ -333,7 +352,7 @@ class RtmpPublisher:
                     self._dispatch(message)
                 self._count_received(len(data))  # after dispatch: a new window counts these
         except (ConnectionError, OSError) as exc:
-            self._fail(ConnectionLost(f"connection lost: {exc}"))
+            self._fail(self._closed_by_server(f"connection lost: {exc}"))
         except StreamerError as exc:
             self._fail(exc)
 
@@ -358,6 +377,8 @@ class RtmpPublisher:
                 sequence = msg.u32(message.payload)
                 acked = self.bytes_sent - ((self.bytes_sent - sequence) % (1 << 32))
                 self.server_acked = max(self.server_acked or 0, acked)
+                self.window.ack(self.server_acked, asyncio.get_running_loop().time())
+                self.acked.set()
             elif message.type_id == msg.WINDOW_ACK_SIZE:
                 self._ack_window = msg.u32(message.payload)
             elif message.type_id == msg.USER_CONTROL:

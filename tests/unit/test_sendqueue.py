@@ -83,12 +83,14 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(steps, st.integers(2, 90), st.integers(200, 3000))
+@settings(max_examples=400, deadline=None)
+@given(steps, st.integers(2, 90), st.integers(100, 1500), st.integers(200, 3000))
 def test_invariants_hold_for_any_arrivals_and_link(
-    ops: list[tuple[str, int]], gop: int, hard_limit: int
+    ops: list[tuple[str, int]], gop: int, threshold: int, hard: int
 ) -> None:
-    q = SendQueue(hard_limit_ms=hard_limit)
+    q = SendQueue(drop_threshold_ms=threshold, hard_limit_ms=hard)
+    hard_limit = q.hard_limit_ms
+    assert hard_limit == max(threshold, hard)
     vt = at = 0
     vn = 0
     pushed_video: list[Packet] = []
@@ -124,3 +126,46 @@ def test_invariants_hold_for_any_arrivals_and_link(
     for i in sent_video:
         if not pushed_video[i].keyframe:
             assert i - 1 in sent_set, f"P-frame {i} sent after its reference {i - 1} was dropped"
+
+
+def test_over_the_threshold_the_oldest_gop_loses_its_predicted_frames() -> None:
+    q = SendQueue(drop_threshold_ms=500, hard_limit_ms=5000)
+    for n in range(20):  # GOP of 10 frames, 100 ms apart: 0..1900 ms
+        q.push(video(n * 100, key=n % 10 == 0))
+    sent = []
+    while (p := q.pop()) is not None:
+        sent.append((p.dts_ms, p.keyframe))
+    # the first GOP's keyframe survives and its P-frames are gone; nothing
+    # predicted is sent before the second keyframe
+    assert sent[0] == (0, True)
+    assert (1000, True) in sent
+    assert all(key or dts > 1000 for dts, key in sent)
+    assert q.counters.dropped_packets[("video", "congestion")] >= 6
+    assert q.counters.dropped(Kind.VIDEO) >= 9
+    assert q.counters.dropped(Kind.AUDIO) == 0
+
+
+def test_congestion_without_a_later_keyframe_asks_the_encoder_for_one() -> None:
+    q = SendQueue(drop_threshold_ms=300, hard_limit_ms=5000)
+    q.push(video(0, True))
+    for n in range(1, 12):
+        q.push(video(n * 40, False))
+    assert q.keyframe_wanted and q.counters.keyframes_requested == 1
+    first = q.pop()  # the link takes the keyframe
+    assert first is not None and first.dts_ms == 0
+    q.push(video(600, False))  # still waiting for a keyframe: dropped
+    q.push(video(640, True))
+    q.push(video(680, False))
+    sent = [p.dts_ms for p in iter(q.pop, None)]
+    assert sent == [640, 680]
+    assert q.counters.dropped_packets[("video", "awaiting_keyframe")] >= 1
+
+
+def test_audio_is_kept_through_video_congestion() -> None:
+    q = SendQueue(drop_threshold_ms=300, hard_limit_ms=2000)
+    for n in range(40):
+        q.push(video(n * 33, key=n % 30 == 0))
+        q.push(audio(n * 33))
+    assert q.counters.dropped(Kind.VIDEO) > 0
+    assert q.counters.dropped(Kind.AUDIO) == 0
+    assert len([p for p in iter(q.pop, None) if p.kind is Kind.AUDIO]) == 40

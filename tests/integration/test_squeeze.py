@@ -1,0 +1,118 @@
+"""A bad uplink: the viewer stays within a second of live and never sees a broken frame."""
+
+from __future__ import annotations
+
+import signal
+import statistics
+import threading
+import time
+
+import numpy as np
+
+from streamer.localserver import LocalRtmpServer
+from tests.conftest import LiveCli
+from tests.media_check import MediaReport, watch_live
+from tests.netproxy import ThrottleProxy
+
+KBPS = 1500
+AUDIO_PER_S = 48000 / 1024
+
+
+def viewer_delays(report: MediaReport) -> tuple[np.ndarray, np.ndarray]:
+    """Per video packet: arrival time, and queueing delay above the best seen."""
+    arrivals = np.array(report.arrivals)
+    lag = arrivals - np.array(report.video_pts_ms) / 1000
+    return arrivals, lag - lag.min()
+
+
+def start_scenario(
+    server: LocalRtmpServer, key: str, seconds: float
+) -> tuple[ThrottleProxy, LiveCli, MediaReport, threading.Thread]:
+    proxy = ThrottleProxy(server.port)
+    proxy.start()
+    report = MediaReport()
+    viewer = watch_live(server.url(key), seconds=seconds, report=report, nobuffer=True)
+    time.sleep(0.5)
+    cli = LiveCli(
+        "run",
+        "--url",
+        f"rtmp://127.0.0.1:{proxy.port}/live/{key}",
+        "--size",
+        "640x360",
+        "--fps",
+        "30",
+        "--video-bitrate",
+        str(KBPS),
+        "--duration",
+        str(seconds + 8),
+    )
+    cli.wait_for_state("preparing -> live", timeout=15)
+    return proxy, cli, report, viewer
+
+
+def bitrate_events(cli: LiveCli) -> list[tuple[float, int]]:
+    return [(e["_received"], e["target_kbps"]) for e in cli.events if e.get("event") == "bitrate"]
+
+
+def test_link_cut_to_40_percent_for_15_s(rtmp_server: LocalRtmpServer) -> None:
+    proxy, cli, report, viewer = start_scenario(rtmp_server, "squeeze", seconds=30)
+    try:
+        time.sleep(5)
+        squeeze_start = time.monotonic()
+        proxy.set_rate(KBPS * 0.4 * 1000 / 8)
+        time.sleep(15)
+        proxy.set_rate(None)
+        restored = time.monotonic()
+        viewer.join(timeout=40)
+        assert not viewer.is_alive(), "the viewer did not receive 30 s of video"
+        assert cli.stop() == 0
+    finally:
+        cli.stop(signal.SIGKILL)
+        proxy.stop()
+
+    assert report.decode_errors == []
+    arrivals, delay = viewer_delays(report)
+    p95 = float(np.percentile(delay, 95))
+    print(f"viewer delay p50 {np.median(delay):.2f} s, p95 {p95:.2f} s, max {delay.max():.2f} s")
+    assert p95 <= 1.0
+    after = delay[arrivals >= restored + 3]
+    assert len(after) > 0 and float(after.max()) < 0.5, "not back to live 3 s after recovery"
+    watched = arrivals[-1] - arrivals[0]
+    assert report.audio_frames_decoded >= 0.95 * AUDIO_PER_S * watched
+    events = bitrate_events(cli)
+    lowered = [kbps for t, kbps in events if squeeze_start <= t <= restored and kbps < KBPS]
+    assert lowered, f"target bitrate not lowered during the squeeze: {events}"
+    raised = [kbps for t, kbps in events if t > restored and kbps > min(lowered)]
+    assert raised, f"target bitrate not raised after the squeeze: {events}"
+
+
+def test_sustained_link_at_70_percent(rtmp_server: LocalRtmpServer) -> None:
+    proxy, cli, report, viewer = start_scenario(rtmp_server, "sustained", seconds=62)
+    link_kbps = KBPS * 0.7
+    try:
+        proxy.set_rate(link_kbps * 1000 / 8)
+        started = time.monotonic()
+        viewer.join(timeout=90)
+        assert not viewer.is_alive()
+        assert cli.stop() == 0
+    finally:
+        cli.stop(signal.SIGKILL)
+        proxy.stop()
+
+    assert report.decode_errors == []
+    arrivals, delay = viewer_delays(report)
+    late = delay[arrivals >= started + 20]
+    early = delay[(arrivals >= started + 5) & (arrivals < started + 20)]
+    print(
+        f"delay p95 5-20 s {np.percentile(early, 95):.2f} s, after 20 s "
+        f"{np.percentile(late, 95):.2f} s, max {late.max():.2f} s"
+    )
+    assert float(np.percentile(late, 95)) <= 1.0
+    # no growth: the last 20 s are not worse than the 20 s before them
+    last = delay[arrivals >= arrivals[-1] - 20]
+    before = delay[(arrivals >= arrivals[-1] - 40) & (arrivals < arrivals[-1] - 20)]
+    assert statistics.median(last) <= statistics.median(before) + 0.25
+    events = bitrate_events(cli)
+    assert events, "the encoder never adapted"
+    settled = events[-1][1]
+    assert 300 <= settled <= link_kbps, f"settled at {settled} kbps on a {link_kbps} kbps link"
