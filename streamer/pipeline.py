@@ -1,0 +1,179 @@
+"""The capture side: hardware, encoders and the threads between them and the send queue.
+
+Capture and encoding run in one thread per track and never wait on the
+network: they push into the send queue under a lock and wake the event loop
+only when it is waiting. The pipeline stays up across reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from streamer.clock import MediaClock
+from streamer.encode.aac import AacEncoder
+from streamer.encode.h264 import H264Encoder
+from streamer.exc import DeviceError, StreamerError
+from streamer.hardware.base import AudioSource, VideoSource, make_camera, make_microphone
+from streamer.media import Packet
+from streamer.net.sendqueue import SendQueue
+
+if TYPE_CHECKING:
+    from streamer.app import Settings
+
+log = structlog.get_logger("streamer")
+
+
+class PacketHandoff:
+    """The send queue shared between capture threads and the event loop."""
+
+    def __init__(self, queue: SendQueue, loop: asyncio.AbstractEventLoop) -> None:
+        self.queue = queue
+        self._lock = threading.Lock()
+        self._loop = loop
+        self.ready = asyncio.Event()
+        self._consumer_waiting = False
+
+    def push(self, packets: list[Packet]) -> None:
+        """Called from capture threads: never blocks on the network.
+
+        The event loop is woken only when its consumer found the queue empty
+        and is waiting: one wake-up per batch, not one per packet.
+        """
+        if not packets:
+            return
+        with self._lock:
+            for packet in packets:
+                self.queue.push(packet)
+            wake, self._consumer_waiting = self._consumer_waiting, False
+        if wake:
+            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                self._loop.call_soon_threadsafe(self.ready.set)
+
+    def pop(self) -> Packet | None:
+        """The next packet to send; None means: wait for ``ready``."""
+        with self._lock:
+            packet = self.queue.pop()
+            if packet is None:
+                self._consumer_waiting = True
+                self.ready.clear()
+            return packet
+
+    def take_keyframe_request(self) -> bool:
+        with self._lock:
+            wanted, self.queue.keyframe_wanted = self.queue.keyframe_wanted, False
+            return wanted
+
+    def go_online(self, reason: str) -> None:
+        """A new session: flush the backlog, start at a fresh keyframe."""
+        with self._lock:
+            self.queue.restart(reason)
+            self.queue.offline = False
+
+    def go_offline(self, reason: str) -> None:
+        """No connection: capture goes on, packets are dropped instead of piling up."""
+        with self._lock:
+            self.queue.offline = True
+            self.queue.clear(reason)
+
+
+class CaptureThread(threading.Thread):
+    """Reads a source, encodes, hands packets off; reports its failure instead of dying."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], list[Packet]],
+        flush: Callable[[], list[Packet]],
+        sink: Callable[[list[Packet]], None],
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self._step, self._flush, self._sink = step, flush, sink
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                self._sink(self._step())
+            self._sink(self._flush())
+        except BaseException as exc:  # reported to the event loop
+            self.error = exc
+            log.error("capture failed", thread=self.name, error=str(exc))
+
+
+class Pipeline:
+    """Hardware, encoders and capture threads: up from preparing until idle or error."""
+
+    def __init__(self, s: Settings, loop: asyncio.AbstractEventLoop) -> None:
+        self.clock = MediaClock()
+        self.queue = SendQueue(drop_threshold_ms=s.drop_threshold_ms)
+        self.queue.offline = True
+        self.handoff = PacketHandoff(self.queue, loop)
+        self.camera: VideoSource = make_camera(s.camera, s.width, s.height, s.fps)
+        self.microphone: AudioSource | None = make_microphone(s.microphone)
+        self.video = H264Encoder(s.width, s.height, s.fps, s.video_bitrate_kbps)
+        self.audio = AacEncoder(bitrate_kbps=s.audio_bitrate_kbps) if self.microphone else None
+        self._camera_name = s.camera
+        self.threads: list[CaptureThread] = []
+
+    def start(self) -> None:
+        try:
+            self.camera.open()
+        except StreamerError:
+            raise
+        except Exception as exc:  # any backend failure names the camera
+            raise DeviceError(f"camera {self._camera_name!r} could not be opened: {exc}") from exc
+        if self.microphone:
+            self.microphone.open()
+        camera, clock, video, handoff = self.camera, self.clock, self.video, self.handoff
+
+        def video_step() -> list[Packet]:
+            if handoff.take_keyframe_request():
+                video.keyframe_requested = True
+            frame, captured = camera.read()
+            return video.encode(frame, clock.to_ms(captured))
+
+        self.threads = [
+            CaptureThread("video", video_step, lambda: video.encode(None), handoff.push)
+        ]
+        mic, audio = self.microphone, self.audio
+        if mic and audio:
+
+            def audio_step() -> list[Packet]:
+                samples, captured = mic.read()
+                return audio.encode(samples, clock.to_ms(captured))
+
+            self.threads.append(
+                CaptureThread("audio", audio_step, lambda: audio.encode(None), handoff.push)
+            )
+        for t in self.threads:
+            t.start()
+
+    def check(self) -> None:
+        """Raise the failure of a capture thread, if one died."""
+        for t in self.threads:
+            if t.error is not None:
+                if isinstance(t.error, StreamerError):
+                    raise t.error
+                raise DeviceError(f"{t.name} capture failed: {t.error}")
+            if not t.is_alive() and not t.stopping.is_set():
+                raise DeviceError(f"{t.name} capture stopped unexpectedly")
+
+    async def stop(self) -> None:
+        """Stop capture (encoders flush into the queue), then close the hardware."""
+        for t in self.threads:
+            t.stopping.set()
+        await asyncio.to_thread(self._join)
+        self.camera.close()
+        if self.microphone:
+            self.microphone.close()
+
+    def _join(self) -> None:
+        for t in self.threads:
+            t.join(timeout=5.0)
