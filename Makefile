@@ -30,6 +30,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/cpu.py
+	$(BIN)/python bench/squeeze.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
