@@ -39,6 +39,14 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
         await asyncio.sleep(0.05)
 
 
+def start_device(settings: Settings) -> tuple[Streamer, asyncio.Event, asyncio.Task[None]]:
+    """The device with button and LED, as `streamer run --button --led` runs it."""
+    shutdown = asyncio.Event()
+    streamer = Streamer(settings)
+    task = asyncio.create_task(stream(settings, BUTTON, LED, streamer=streamer, shutdown=shutdown))
+    return streamer, shutdown, task
+
+
 async def press(factory: MockFactory, seconds: float = 0.1) -> None:
     pin = factory.pin(17)
     pin.drive_low()
@@ -52,11 +60,7 @@ def test_short_presses_stop_and_start_the_stream(
     settings = Settings(url=parse_url(rtmp_server.url("gpio")), width=320, height=180)
 
     async def scenario() -> None:
-        shutdown = asyncio.Event()
-        streamer = Streamer(settings)
-        task = asyncio.create_task(
-            stream(settings, BUTTON, LED, streamer=streamer, shutdown=shutdown)
-        )
+        streamer, shutdown, task = start_device(settings)
         state = streamer.state
         led = pins.pin(27)
         await until(lambda: state.state == "live", 15, "live at start")
@@ -92,11 +96,7 @@ def test_holding_the_button_clears_an_error(
     )
 
     async def scenario() -> None:
-        shutdown = asyncio.Event()
-        streamer = Streamer(settings)
-        task = asyncio.create_task(
-            stream(settings, BUTTON, LED, streamer=streamer, shutdown=shutdown)
-        )
+        streamer, shutdown, task = start_device(settings)
         state = streamer.state
         led = pins.pin(27)
         await until(lambda: state.state == "error", 15, "error from a refused publish")

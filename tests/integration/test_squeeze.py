@@ -50,6 +50,17 @@ def start_scenario(
     return proxy, cli, report, viewer
 
 
+def finish(proxy: ThrottleProxy, cli: LiveCli, viewer: threading.Thread, timeout: float) -> None:
+    """Let the viewer see its fill, then stop the publisher (cleanly) and the proxy."""
+    try:
+        viewer.join(timeout=timeout)
+        assert not viewer.is_alive(), f"the viewer did not get its video within {timeout} s"
+        assert cli.stop() == 0, cli.output[-2000:]
+    finally:
+        cli.stop(signal.SIGKILL)
+        proxy.stop()
+
+
 def bitrate_events(cli: LiveCli) -> list[tuple[float, int]]:
     return [(e["_received"], e["target_kbps"]) for e in cli.events if e.get("event") == "bitrate"]
 
@@ -63,13 +74,8 @@ def test_link_cut_to_40_percent_for_15_s(rtmp_server: LocalRtmpServer) -> None:
         time.sleep(15)
         proxy.set_rate(None)
         restored = time.monotonic()
-        viewer.join(timeout=40)
-        assert not viewer.is_alive(), "the viewer did not receive 30 s of video"
-        assert cli.stop() == 0
     finally:
-        cli.stop(signal.SIGKILL)
-        proxy.stop()
-
+        finish(proxy, cli, viewer, timeout=40)
     assert report.decode_errors == []
     arrivals, delay = viewer_delays(report)
     p95 = float(np.percentile(delay, 95))
@@ -92,13 +98,8 @@ def test_sustained_link_at_70_percent(rtmp_server: LocalRtmpServer) -> None:
     try:
         proxy.set_rate(link_kbps * 1000 / 8)
         started = time.monotonic()
-        viewer.join(timeout=90)
-        assert not viewer.is_alive()
-        assert cli.stop() == 0
     finally:
-        cli.stop(signal.SIGKILL)
-        proxy.stop()
-
+        finish(proxy, cli, viewer, timeout=90)
     assert report.decode_errors == []
     arrivals, delay = viewer_delays(report)
     late = delay[arrivals >= started + 20]
