@@ -35,10 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from streamer.exc import StreamerError  # noqa: E402
-from streamer.localserver import LocalRtmpServer  # noqa: E402
-from tests.media_check import MediaReport, watch_live  # noqa: E402
-from tests.netproxy import ThrottleProxy  # noqa: E402
+from streamer.exc import StreamerError
+from streamer.localserver import LocalRtmpServer
+from tests.media_check import MediaReport, watch_live
+from tests.netproxy import ThrottleProxy
 
 SIZE = "1280x720"
 FPS = 30

@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=_ranged(float, 0.1, 1e9, " s"), default=30.0, help="seconds (30)"
     )
     _add_stream_options(demo)
+    demo.set_defaults(camera="sim:sync", microphone="sim:sync")
     sub.add_parser("state-diagram", help="print the state machine as a mermaid diagram")
     return parser
 

@@ -34,6 +34,8 @@ class MediaReport:
     sample_rate: int = 0
     arrivals: list[float] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    frame_luma: list[float] = field(default_factory=list)  # mean Y of each decoded frame
+    frame_pts_ms: list[int] = field(default_factory=list)
 
     def audio_samples(self) -> npt.NDArray[np.float32]:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
@@ -83,6 +85,12 @@ def _decode(
                     report.frames_decoded += 1
                     report.width, report.height = frame.width, frame.height
                     luma = np.asarray(frame.to_ndarray(format="yuv420p")[: frame.height], np.uint8)
+                    report.frame_luma.append(float(luma.mean()))
+                    report.frame_pts_ms.append(
+                        round(float(frame.pts * frame.time_base) * 1000)
+                        if frame.pts is not None and frame.time_base is not None
+                        else ms
+                    )
                     report.counters.append(read_counter(luma, frame.height))
                 if until_s is not None and ms >= until_s * 1000 + (report.video_pts_ms[0]):
                     break

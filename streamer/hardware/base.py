@@ -36,6 +36,29 @@ class AudioSource(Protocol):
     def close(self) -> None: ...
 
 
+EncodedSink = Callable[[bytes, bool, float], None]
+
+
+class EncodedVideoSource(Protocol):
+    """A camera that encodes H.264 itself (picamera2 with the Pi's hardware encoder).
+
+    ``start(sink)`` begins capture; the camera's own thread then calls
+    ``sink(data, keyframe, capture_time)`` for every encoded frame: Annex B
+    H.264 (SPS/PPS repeated in every keyframe), whether it is a keyframe, and
+    the capture instant in monotonic seconds. The sink never blocks.
+    """
+
+    width: int
+    height: int
+    fps: float
+    encoder_name: str
+
+    def start(self, sink: EncodedSink) -> None: ...
+    def set_bitrate(self, kbps: int) -> None: ...
+    def request_keyframe(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 CameraFactory = Callable[[str | None, int, int, float], VideoSource]
 MicrophoneFactory = Callable[[str | None], AudioSource]
 
@@ -50,7 +73,7 @@ def make_camera(spec: str, width: int, height: int, fps: float) -> VideoSource:
     from streamer.hardware import sim
 
     cameras: dict[str, CameraFactory] = {
-        "sim": lambda _arg, w, h, f: sim.SimCamera(w, h, f),
+        "sim": lambda arg, w, h, f: sim.SimCamera(w, h, f, sync=arg == "sync"),
     }
     name, arg = _split(spec)
     if name not in cameras:
@@ -62,7 +85,9 @@ def make_microphone(spec: str) -> AudioSource | None:
     """Build the microphone backend named by ``spec``; ``none`` means video only."""
     from streamer.hardware import sim
 
-    microphones: dict[str, MicrophoneFactory] = {"sim": lambda _arg: sim.SimMicrophone()}
+    microphones: dict[str, MicrophoneFactory] = {
+        "sim": lambda arg: sim.SimMicrophone(sync=arg == "sync"),
+    }
     name, arg = _split(spec)
     if name == "none":
         return None

@@ -76,8 +76,10 @@ class SimCamera:
     GRAIN = 8  # grain amplitude (luma levels)
     GRAIN_FRAMES = 8  # precomputed grain pictures, cycled
 
-    def __init__(self, width: int, height: int, fps: float) -> None:
+    def __init__(self, width: int, height: int, fps: float, sync: bool = False) -> None:
         self.width, self.height, self.fps = width, height, fps
+        self.sync = sync  # a white flash on the first frame of every monotonic second
+        self._last_second: int | None = None
         self.frames = 0
         self._pacer = Pacer(1.0 / fps)
         w, h = width, height
@@ -142,7 +144,13 @@ class SimCamera:
     def read(self) -> tuple[av.VideoFrame, float]:
         captured = self._pacer.wait()
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        self.draw(self.frames, *(plane_view(p) for p in frame.planes))
+        y, u, v = (plane_view(p) for p in frame.planes)
+        second = math.floor(captured)
+        if self.sync and self._last_second is not None and second != self._last_second:
+            y[:], u[:], v[:] = 235, 128, 128  # the flash
+        else:
+            self.draw(self.frames, y, u, v)
+        self._last_second = second
         self.frames += 1
         return frame, captured
 
@@ -158,13 +166,29 @@ def plane_view(plane: av.video.plane.VideoPlane) -> npt.NDArray[np.uint8]:
 
 
 class SimMicrophone:
-    """A stereo 440 Hz tone at 48 kHz in 1024-sample periods."""
+    """A stereo 440 Hz tone at 48 kHz in 1024-sample periods.
+
+    Like a sound card, its own sample clock times the samples: the first
+    period is stamped from the monotonic clock, every later sample by count.
+    In sync mode a click (10 ms at full scale) starts at each whole second of
+    that timeline, the same instants the sim camera flashes at.
+    """
+
+    CLICK_MS = 10
 
     def __init__(
-        self, sample_rate: int = 48000, channels: int = 2, period: int = 1024, freq: float = 440.0
+        self,
+        sample_rate: int = 48000,
+        channels: int = 2,
+        period: int = 1024,
+        freq: float = 440.0,
+        sync: bool = False,
     ) -> None:
         self.sample_rate, self.channels, self.period = sample_rate, channels, period
         self.freq = freq
+        self.sync = sync
+        self._anchor: float | None = None
+        self._delivered = 0
         n = np.arange(sample_rate)  # one second: a whole number of cycles for integer freq
         tone = (0.3 * 32767 * np.sin(2 * math.pi * freq * n / sample_rate)).astype(np.int16)
         self._table = np.repeat(tone[:, None], channels, axis=1)
@@ -175,10 +199,30 @@ class SimMicrophone:
         self._pacer = Pacer(self.period / self.sample_rate)
 
     def read(self) -> tuple[npt.NDArray[np.int16], float]:
-        captured = self._pacer.wait()
+        now = self._pacer.wait()
+        if self._anchor is None:
+            self._anchor = now
+        first = self._anchor + self._delivered / self.sample_rate
         idx = (self._pos + np.arange(self.period)) % len(self._table)
         self._pos = (self._pos + self.period) % len(self._table)
-        return self._table[idx], captured
+        samples = self._table[idx]
+        if self.sync:
+            samples = self._click(samples, first)
+        self._delivered += self.period
+        return samples, first
+
+    def _click(self, samples: npt.NDArray[np.int16], first: float) -> npt.NDArray[np.int16]:
+        """Overwrite with a click the samples within CLICK_MS after a whole second."""
+        rate = self.sample_rate
+        times = first + np.arange(len(samples)) / rate
+        since_second = times - np.floor(times)
+        clicking = since_second < self.CLICK_MS / 1000
+        if not clicking.any():
+            return samples
+        out = samples.copy()
+        sign = np.where(np.arange(len(samples)) % 24 < 12, 1, -1)  # a 2 kHz square burst
+        out[clicking] = (30000 * sign[clicking])[:, None]
+        return out
 
     def close(self) -> None:
         pass
