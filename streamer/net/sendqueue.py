@@ -90,12 +90,12 @@ class SendQueue:
             while self._lag(self._audio, Kind.AUDIO) > self.hard_limit_ms:
                 self._drop(self._audio.popleft(), "hard_limit")
             return
-        if self._awaiting_keyframe:
-            if not packet.keyframe:
-                self._drop(packet, "awaiting_keyframe")
-                return
+        if self._awaiting_keyframe and not packet.keyframe:
+            self._drop(packet, "awaiting_keyframe")
+        else:
             self._awaiting_keyframe = False
-        self._video.append(packet)
+            self._video.append(packet)
+        # Time moves on even for a dropped frame: what still waits may now lag too much.
         lag = self._lag(self._video, Kind.VIDEO)
         if lag > self.hard_limit_ms:
             self._cut_video()

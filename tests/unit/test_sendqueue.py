@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamer.media import Kind, Packet
@@ -85,6 +85,8 @@ steps = st.lists(
 
 @settings(max_examples=400, deadline=None)
 @given(steps, st.integers(2, 90), st.integers(100, 1500), st.integers(200, 3000))
+# Found by hypothesis: time passing during a keyframe wait must still cut the queue.
+@example([("v", 5)] * 8 + [("v", 6), ("v", 60), ("v", 5), ("v", 35), ("v", 60)], 5, 100, 200)
 def test_invariants_hold_for_any_arrivals_and_link(
     ops: list[tuple[str, int]], gop: int, threshold: int, hard: int
 ) -> None:
