@@ -70,10 +70,11 @@ def _split(spec: str) -> tuple[str, str | None]:
 
 def make_camera(spec: str, width: int, height: int, fps: float) -> VideoSource:
     """Build the camera backend named by ``spec`` (``sim``, later ``picamera2``, ``v4l2:DEV``)."""
-    from streamer.hardware import sim
+    from streamer.hardware import sim, v4l2
 
     cameras: dict[str, CameraFactory] = {
         "sim": lambda arg, w, h, f: sim.SimCamera(w, h, f, sync=arg == "sync"),
+        "v4l2": lambda arg, w, h, f: v4l2.V4l2Camera(w, h, f, device=arg),
     }
     name, arg = _split(spec)
     if name not in cameras:
