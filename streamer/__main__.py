@@ -57,6 +57,12 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
         "--audio-bitrate", type=_ranged(int, 16, 512, " kbps"), default=128, help="kbps (128)"
     )
     p.add_argument(
+        "--encoder",
+        default="auto",
+        help="auto (the V4L2 hardware encoder where there is one, else libx264), "
+        "v4l2m2m or libx264",
+    )
+    p.add_argument(
         "--drop-threshold-ms",
         type=_ranged(int, 100, 10000, " ms"),
         default=700,
@@ -109,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream_options(demo)
     demo.set_defaults(camera="sim:sync", microphone="sim:sync")
     sub.add_parser("state-diagram", help="print the state machine as a mermaid diagram")
+    doctor = sub.add_parser(
+        "doctor", help="what hardware, encoders and permissions this device has; how to fix it"
+    )
+    doctor.add_argument("--url", help="also check that this RTMP server answers a handshake")
+    doctor.add_argument("--camera", default="sim")
+    doctor.add_argument("--microphone", default="sim")
+    doctor.add_argument("--encoder", default="auto")
     return parser
 
 
@@ -124,6 +137,7 @@ def settings_from(args: argparse.Namespace, url: str) -> Settings:
         video_bitrate_kbps=args.video_bitrate,
         audio_bitrate_kbps=args.audio_bitrate,
         duration=args.duration,
+        encoder=args.encoder,
         drop_threshold_ms=args.drop_threshold_ms,
         min_video_bitrate_kbps=args.min_video_bitrate,
         adaptive_bitrate=args.adaptive_bitrate,
@@ -202,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_demo(args)
         elif args.command == "state-diagram":
             print(mermaid_diagram())
+        elif args.command == "doctor":
+            from streamer.doctor import run_doctor
+
+            return run_doctor(
+                args.url, camera=args.camera, microphone=args.microphone, encoder=args.encoder
+            )
     except StreamerError as exc:
         print(f"streamer: error: {logsetup.redact(exc.message)}", file=sys.stderr)
         return exc.exit_code

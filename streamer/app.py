@@ -19,6 +19,7 @@ import structlog
 
 from streamer import log as logsetup
 from streamer.encode import flv
+from streamer.encode.select import ready_config
 from streamer.exc import (
     ConnectFailed,
     ConnectionLost,
@@ -63,6 +64,7 @@ class Settings:
     drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS
     min_video_bitrate_kbps: int = 300
     adaptive_bitrate: bool = True
+    encoder: str = "auto"
 
 
 class Streamer:
@@ -210,16 +212,18 @@ class Streamer:
             self.pipeline = pipeline
             pipeline.start()
         pipeline = self.pipeline
+        # A hardware encoder only learns SPS/PPS with its first keyframe.
+        video_config = await asyncio.to_thread(ready_config, pipeline.video, 5.0)
         publisher = RtmpPublisher(
             self.s.url, timeout=self.s.connect_timeout, stall_timeout=self.s.stall_timeout
         )
         self.publisher = publisher
         await publisher.connect()
-        video, audio = pipeline.video, pipeline.audio
+        audio = pipeline.audio
         await publisher.send_metadata(
-            flv.metadata(video.config, audio.config if audio else None, "streamer")
+            flv.metadata(video_config, audio.config if audio else None, "streamer")
         )
-        await publisher.send_video(0, flv.avc_sequence_header(video.config))
+        await publisher.send_video(0, flv.avc_sequence_header(video_config))
         if audio:
             await publisher.send_audio(0, flv.aac_sequence_header(audio.config))
         self._origin = None

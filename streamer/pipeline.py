@@ -17,7 +17,7 @@ import structlog
 
 from streamer.clock import MediaClock
 from streamer.encode.aac import AacEncoder
-from streamer.encode.h264 import H264Encoder
+from streamer.encode.select import open_h264
 from streamer.exc import DeviceError, StreamerError
 from streamer.hardware.base import AudioSource, VideoSource, make_camera, make_microphone
 from streamer.media import Packet
@@ -117,7 +117,7 @@ class Pipeline:
         self.handoff = PacketHandoff(self.queue, loop)
         self.camera: VideoSource = make_camera(s.camera, s.width, s.height, s.fps)
         self.microphone: AudioSource | None = make_microphone(s.microphone)
-        self.video = H264Encoder(s.width, s.height, s.fps, s.video_bitrate_kbps)
+        self.video = open_h264(s.encoder, s.width, s.height, s.fps, s.video_bitrate_kbps)
         self.audio = AacEncoder(bitrate_kbps=s.audio_bitrate_kbps) if self.microphone else None
         self._camera_name = s.camera
         self.threads: list[CaptureThread] = []
