@@ -252,6 +252,8 @@ class Streamer:
             pipeline.check()
             stats.maybe_log(now)
             self._adapt(publisher, pipeline, now)
+            if handoff.take_keyframe_request():
+                pipeline.video.request_keyframe()
             if not publisher.has_room():
                 # The link has all it can take: what waits stays in the send
                 # queue, where it is measured and dropped with care.
@@ -364,6 +366,7 @@ class Stats:
             if controller
             else self.streamer.s.video_bitrate_kbps,
             reconnects=self.streamer.reconnects,
+            encoder=pipeline.video.name if pipeline else "",
             elapsed=f"{now - self.started:.0f}s",
         )
         self._last_time, self._last_bytes, self._last_frames = now, sent, frames

@@ -8,6 +8,7 @@ they came from.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, TextIO
 
@@ -25,9 +26,16 @@ def add_secret(secret: str) -> None:
 
 
 def redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    return text
+    """Replace every registered secret that stands as a token of its own.
+
+    A short key such as ``cam`` is still a key in ``/live/cam`` but not in
+    ``picamera2``: secrets are matched only where no letter or digit touches
+    them, so logs stay readable whatever the key looks like.
+    """
+    if not _secrets:
+        return text
+    pattern = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
+    return re.sub(rf"(?<![A-Za-z0-9])(?:{pattern})(?![A-Za-z0-9])", REDACTED, text)
 
 
 def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> Any:
@@ -66,6 +74,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # transitions logs every callback at INFO; our own state lines say what matters.
+    logging.getLogger("transitions").setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[
             *shared,

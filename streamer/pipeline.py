@@ -17,9 +17,17 @@ import structlog
 
 from streamer.clock import MediaClock
 from streamer.encode.aac import AacEncoder
+from streamer.encode.camera import CameraEncoder
+from streamer.encode.h264 import H264Encoder
 from streamer.encode.select import open_h264
-from streamer.exc import DeviceError, StreamerError
-from streamer.hardware.base import AudioSource, VideoSource, make_camera, make_microphone
+from streamer.exc import ConfigError, DeviceError, StreamerError
+from streamer.hardware.base import (
+    AudioSource,
+    EncodedVideoSource,
+    VideoSource,
+    make_camera,
+    make_microphone,
+)
 from streamer.media import Packet
 from streamer.net.sendqueue import SendQueue
 
@@ -115,16 +123,32 @@ class Pipeline:
         self.queue = SendQueue(drop_threshold_ms=s.drop_threshold_ms)
         self.queue.offline = True
         self.handoff = PacketHandoff(self.queue, loop)
-        self.camera: VideoSource = make_camera(s.camera, s.width, s.height, s.fps)
+        self.camera: VideoSource | None = None
+        self.encoded: EncodedVideoSource | None = None
+        self.video: H264Encoder | CameraEncoder
+        name, _, arg = s.camera.partition(":")
+        if name.strip().lower() == "picamera2" and s.encoder != "libx264" and _pi_hw_encoder():
+            # The Pi's hardware encoder behind picamera2: frames arrive encoded.
+            from streamer.hardware.picam import PicameraEncoded
+
+            source = PicameraEncoded(
+                s.width, s.height, s.fps, s.video_bitrate_kbps, _camera_num(arg)
+            )
+            self.encoded = source
+            self.video = CameraEncoder(source, self.clock, self.handoff.push, s.video_bitrate_kbps)
+        else:
+            self.camera = make_camera(s.camera, s.width, s.height, s.fps)
+            encoder = s.encoder if name != "picamera2" else "libx264"
+            self.video = open_h264(encoder, s.width, s.height, s.fps, s.video_bitrate_kbps)
         self.microphone: AudioSource | None = make_microphone(s.microphone)
-        self.video = open_h264(s.encoder, s.width, s.height, s.fps, s.video_bitrate_kbps)
         self.audio = AacEncoder(bitrate_kbps=s.audio_bitrate_kbps) if self.microphone else None
         self._camera_name = s.camera
         self.threads: list[CaptureThread] = []
 
     def start(self) -> None:
         try:
-            self.camera.open()
+            if self.camera is not None:
+                self.camera.open()
         except StreamerError:
             raise
         except Exception as exc:  # any backend failure names the camera
@@ -132,16 +156,19 @@ class Pipeline:
         if self.microphone:
             self.microphone.open()
         camera, clock, video, handoff = self.camera, self.clock, self.video, self.handoff
+        self.threads = []
+        if self.encoded is not None and isinstance(video, CameraEncoder):
+            self.encoded.start(video.on_frame)
+        elif camera is not None and isinstance(video, H264Encoder):
+            encoder = video
 
-        def video_step() -> list[Packet]:
-            if handoff.take_keyframe_request():
-                video.keyframe_requested = True
-            frame, captured = camera.read()
-            return video.encode(frame, clock.to_ms(captured))
+            def video_step() -> list[Packet]:
+                frame, captured = camera.read()
+                return encoder.encode(frame, clock.to_ms(captured))
 
-        self.threads = [
-            CaptureThread("video", video_step, lambda: video.encode(None), handoff.push)
-        ]
+            self.threads.append(
+                CaptureThread("video", video_step, lambda: encoder.encode(None), handoff.push)
+            )
         mic, audio = self.microphone, self.audio
         if mic and audio:
 
@@ -170,10 +197,26 @@ class Pipeline:
         for t in self.threads:
             t.stopping.set()
         await asyncio.to_thread(self._join)
-        self.camera.close()
+        if self.encoded is not None:
+            await asyncio.to_thread(self.encoded.stop)
+        if self.camera is not None:
+            self.camera.close()
         if self.microphone:
             self.microphone.close()
 
     def _join(self) -> None:
         for t in self.threads:
             t.join(timeout=5.0)
+
+
+def _camera_num(arg: str) -> int:
+    try:
+        return int(arg or 0)
+    except ValueError:
+        raise ConfigError(f"camera number must be an integer: picamera2:{arg}") from None
+
+
+def _pi_hw_encoder() -> bool:
+    from streamer.hardware.picam import hardware_h264_available
+
+    return hardware_h264_available()

@@ -44,6 +44,7 @@ import av
 import av.codec.context
 import structlog
 
+from streamer.encode.camera import CameraEncoder
 from streamer.encode.flv import NAL_PPS, NAL_SPS, avc_decoder_config
 from streamer.encode.h264 import MS, H264Encoder
 from streamer.exc import ConfigError, DeviceError
@@ -362,7 +363,7 @@ def open_h264(
     return H264Encoder(width, height, fps, bitrate_kbps)
 
 
-def ready_config(encoder: H264Encoder, timeout: float = 5.0) -> VideoConfig:
+def ready_config(encoder: H264Encoder | CameraEncoder, timeout: float = 5.0) -> VideoConfig:
     """The encoder's ``config`` with SPS/PPS filled in, waiting for them if needed.
 
     libx264 has them at open; the V4L2 encoder after its first keyframe (the
@@ -371,6 +372,6 @@ def ready_config(encoder: H264Encoder, timeout: float = 5.0) -> VideoConfig:
     """
     if encoder.config.avc_config:
         return encoder.config
-    if isinstance(encoder, V4L2H264Encoder):
+    if isinstance(encoder, V4L2H264Encoder | CameraEncoder):
         return encoder.wait_config(timeout)
     raise DeviceError(f"H.264 encoder {encoder.name} gave no SPS/PPS at open")

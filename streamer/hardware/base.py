@@ -70,10 +70,11 @@ def _split(spec: str) -> tuple[str, str | None]:
 
 def make_camera(spec: str, width: int, height: int, fps: float) -> VideoSource:
     """Build the camera backend named by ``spec`` (``sim``, later ``picamera2``, ``v4l2:DEV``)."""
-    from streamer.hardware import sim, v4l2
+    from streamer.hardware import picam, sim, v4l2
 
     cameras: dict[str, CameraFactory] = {
         "sim": lambda arg, w, h, f: sim.SimCamera(w, h, f, sync=arg == "sync"),
+        "picamera2": lambda arg, w, h, f: picam.PicameraRaw(w, h, f, int(arg or 0)),
         "v4l2": lambda arg, w, h, f: v4l2.V4l2Camera(w, h, f, device=arg),
     }
     name, arg = _split(spec)
@@ -84,10 +85,11 @@ def make_camera(spec: str, width: int, height: int, fps: float) -> VideoSource:
 
 def make_microphone(spec: str) -> AudioSource | None:
     """Build the microphone backend named by ``spec``; ``none`` means video only."""
-    from streamer.hardware import sim
+    from streamer.hardware import alsa, sim
 
     microphones: dict[str, MicrophoneFactory] = {
         "sim": lambda arg: sim.SimMicrophone(sync=arg == "sync"),
+        "alsa": lambda arg: alsa.AlsaMicrophone(device=arg or "default"),
     }
     name, arg = _split(spec)
     if name == "none":

@@ -23,3 +23,13 @@ def test_registered_secret_is_redacted_everywhere() -> None:
     logsetup.configure("info", "json", stream=out)
     structlog.get_logger("t").info("again", k="KEY123")
     assert "KEY123" not in out.getvalue()
+
+
+def test_a_short_key_inside_a_longer_word_is_left_alone() -> None:
+    out = io.StringIO()
+    logsetup.configure("info", "plain", stream=out)
+    logsetup.add_secret("cam")
+    structlog.get_logger("t").info("camera started", url="rtmp://h/live/cam", model="picamera2")
+    text = out.getvalue()
+    assert "picamera2" in text and "camera started" in text
+    assert "rtmp://h/live/***" in text
