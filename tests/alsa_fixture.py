@@ -11,7 +11,8 @@ The `null` slave never overruns, so libasound cannot report EPIPE here.
 period at a time at real pace into a pipe that holds as much as the ALSA
 buffer, and drops a period that finds it full, as a device loses audio its
 reader did not collect in time. ``XrunPcm`` adds what a driver would say
-about it: EPIPE on the next read, with the backlog discarded.
+about it: EPIPE on the next read, then capture restarted with the backlog
+discarded.
 """
 
 from __future__ import annotations
