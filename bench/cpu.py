@@ -172,6 +172,7 @@ def ffmpeg_command(url: str, duration: float, video_input: list[str]) -> list[st
     rate = f"{VIDEO_KBPS}k"
     return [
         ffmpeg,
+        "-nostdin",
         "-hide_banner",
         "-loglevel",
         "error",

@@ -35,12 +35,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import cpu
 from streamer.exc import StreamerError
 from streamer.localserver import LocalRtmpServer
 from tests.media_check import MediaReport, watch_live
 from tests.netproxy import ThrottleProxy
 
 SIZE = "1280x720"
+SIZE_WH = (1280, 720)
 FPS = 30
 VIDEO_KBPS = 2500
 AUDIO_KBPS = 128
@@ -100,80 +102,12 @@ class RunResult:
 
 
 def ffmpeg_command(url: str) -> list[str]:
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise StreamerError("the ffmpeg CLI is not installed (apt: ffmpeg)")
-    return [
-        ffmpeg,
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc2=size={SIZE}:rate={FPS}",
-        "-re",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-t",
-        f"{MEDIA_S:g}",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-tune",
-        "zerolatency",
-        "-g",
-        str(2 * FPS),
-        "-bf",
-        "0",
-        "-b:v",
-        f"{VIDEO_KBPS}k",
-        "-maxrate",
-        f"{VIDEO_KBPS}k",
-        "-bufsize",
-        f"{VIDEO_KBPS}k",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-b:a",
-        f"{AUDIO_KBPS}k",
-        "-ac",
-        "2",
-        "-ar",
-        "48000",
-        "-f",
-        "flv",
-        url,
-    ]
+    """The same encode as bench/cpu.py's ffmpeg run: testsrc2 + sine, x264 as streamer's."""
+    return cpu.ffmpeg_command(url, MEDIA_S, cpu.testsrc2_input(SIZE_WH))
 
 
 def streamer_command(url: str) -> list[str]:
-    cli = Path(sys.executable).parent / "streamer"
-    prefix = [str(cli)] if cli.exists() else [sys.executable, "-m", "streamer"]
-    return [
-        *prefix,
-        "run",
-        "--url",
-        url,
-        "--size",
-        SIZE,
-        "--fps",
-        str(FPS),
-        "--video-bitrate",
-        str(VIDEO_KBPS),
-        "--audio-bitrate",
-        str(AUDIO_KBPS),
-        "--duration",
-        f"{MEDIA_S:g}",
-        "--log-format",
-        "json",
-    ]
+    return [*cpu.streamer_command(url, SIZE_WH, MEDIA_S), "--log-format", "json"]
 
 
 def sleep_until(deadline: float, proc: subprocess.Popen[bytes]) -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import threading
 from fractions import Fraction
+from typing import Any
 
 import av
 import av.codec.context
@@ -40,6 +41,21 @@ from streamer.exc import DeviceError
 from streamer.media import Kind, Packet, VideoConfig
 
 MS = Fraction(1, 1000)
+
+
+def set_stream_params(
+    cc: Any, width: int, height: int, fps: float, bitrate_kbps: int, gop: int
+) -> None:
+    """What every H.264 context here shares: size, ms timestamps, rate, GOP, no B-frames,
+    SPS/PPS as extradata where the encoder can give them."""
+    cc.width, cc.height = width, height
+    cc.pix_fmt = "yuv420p"
+    cc.time_base = MS
+    cc.framerate = Fraction(fps).limit_denominator(1001)
+    cc.bit_rate = bitrate_kbps * 1000
+    cc.gop_size = gop
+    cc.max_b_frames = 0
+    cc.flags |= av.codec.context.Flags.global_header
 
 
 class H264Encoder:
@@ -63,14 +79,7 @@ class H264Encoder:
         except Exception as exc:
             raise DeviceError(f"H.264 encoder libx264 is not available: {exc}") from exc
         gop = max(1, round(2 * fps))
-        cc.width, cc.height = width, height
-        cc.pix_fmt = "yuv420p"
-        cc.time_base = MS
-        cc.framerate = Fraction(fps).limit_denominator(1001)
-        cc.bit_rate = bitrate_kbps * 1000
-        cc.gop_size = gop
-        cc.max_b_frames = 0
-        cc.flags |= av.codec.context.Flags.global_header
+        set_stream_params(cc, width, height, fps, bitrate_kbps, gop)
         cc.options = {
             "preset": "veryfast",
             "tune": "zerolatency",

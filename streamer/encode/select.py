@@ -37,7 +37,6 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from fractions import Fraction
 from typing import Any
 
 import av
@@ -46,7 +45,7 @@ import structlog
 
 from streamer.encode.camera import CameraEncoder
 from streamer.encode.flv import NAL_PPS, NAL_SPS, avc_decoder_config
-from streamer.encode.h264 import MS, H264Encoder
+from streamer.encode.h264 import H264Encoder, set_stream_params
 from streamer.exc import ConfigError, DeviceError
 from streamer.media import Packet, VideoConfig
 
@@ -222,14 +221,7 @@ def _open_v4l2(
         cc = create(V4L2_CODEC, "w")
     except Exception as exc:  # av.codec.codec.UnknownCodecError, or a build without it
         raise V4L2Unavailable(f"this FFmpeg build has no {V4L2_CODEC} encoder ({exc})") from exc
-    cc.width, cc.height = width, height
-    cc.pix_fmt = "yuv420p"
-    cc.time_base = MS
-    cc.framerate = Fraction(fps).limit_denominator(1001)
-    cc.bit_rate = bitrate_kbps * 1000
-    cc.gop_size = gop
-    cc.max_b_frames = 0
-    cc.flags |= av.codec.context.Flags.global_header
+    set_stream_params(cc, width, height, fps, bitrate_kbps, gop)
     try:
         cc.open()
     except Exception as exc:
