@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -87,6 +89,9 @@ class Streamer:
         self.publisher: RtmpPublisher | None = None
         self.reconnects = 0
         self.video_packets_sent = 0
+        self.started = time.monotonic()
+        self.sent_kbps = 0
+        self.fps = 0.0
         self.error: StreamerError | None = None
         self._want_running = True
         self._been_live = False
@@ -94,6 +99,41 @@ class Streamer:
         self._wake = asyncio.Event()
         self._origin: int | None = None
         self._last_ts = {Kind.VIDEO: -1, Kind.AUDIO: -1}
+        logsetup.set_state_provider(lambda: self.state.state)
+
+    # -- what it is doing: stats line, /status, /metrics ----------------------
+
+    def numbers(self) -> dict[str, Any]:
+        """The live numbers, as of the last stats interval for the rates."""
+        pipeline = self.pipeline
+        counters = pipeline.queue.counters if pipeline else None
+        return {
+            "sent_kbps": self.sent_kbps,
+            "fps": self.fps,
+            "queue_ms": pipeline.queue.depth_ms if pipeline else 0,
+            "dropped": counters.dropped_total if counters else 0,
+            "dropped_video": counters.dropped(Kind.VIDEO) if counters else 0,
+            "dropped_audio": counters.dropped(Kind.AUDIO) if counters else 0,
+            "keyframes_requested": counters.keyframes_requested if counters else 0,
+            "target_kbps": self.bitrate.target_kbps if self.bitrate else self.s.video_bitrate_kbps,
+            "reconnects": self.reconnects,
+            "encoder": pipeline.video.name if pipeline else "",
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything /status shows (the URL with its key redacted)."""
+        live = self.state.state == LIVE
+        return {
+            "state": self.state.state,
+            "reason": self.state.reason,
+            "since": datetime.fromtimestamp(self.state.since_wall).astimezone().isoformat(),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "resolution": f"{self.s.width}x{self.s.height}",
+            "frames_sent": self.video_packets_sent,
+            "url": self.s.url.redacted,
+            **self.numbers(),
+            **({} if live else {"sent_kbps": 0, "fps": 0.0}),
+        }
 
     # -- commands (button, status page): called on the event loop ------------
 
@@ -349,24 +389,7 @@ class Stats:
         elapsed = now - self._last_time
         sent = self.publisher.bytes_sent
         frames = self.streamer.video_packets_sent
-        pipeline = self.streamer.pipeline
-        queue = pipeline.queue if pipeline else None
-        counters = queue.counters if queue else None
-        controller = self.streamer.bitrate
-        log.info(
-            "stats",
-            sent_kbps=round((sent - self._last_bytes) * 8 / elapsed / 1000),
-            fps=round((frames - self._last_frames) / elapsed, 1),
-            queue_ms=queue.depth_ms if queue else 0,
-            dropped=counters.dropped_total if counters else 0,
-            dropped_video=counters.dropped(Kind.VIDEO) if counters else 0,
-            dropped_audio=counters.dropped(Kind.AUDIO) if counters else 0,
-            keyframes_requested=counters.keyframes_requested if counters else 0,
-            target_kbps=controller.target_kbps
-            if controller
-            else self.streamer.s.video_bitrate_kbps,
-            reconnects=self.streamer.reconnects,
-            encoder=pipeline.video.name if pipeline else "",
-            elapsed=f"{now - self.started:.0f}s",
-        )
+        self.streamer.sent_kbps = round((sent - self._last_bytes) * 8 / elapsed / 1000)
+        self.streamer.fps = round((frames - self._last_frames) / elapsed, 1)
+        log.info("stats", **self.streamer.numbers(), elapsed=f"{now - self.started:.0f}s")
         self._last_time, self._last_bytes, self._last_frames = now, sent, frames

@@ -8,8 +8,10 @@ they came from.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -42,11 +44,35 @@ def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> Any:
     return redact(rendered) if isinstance(rendered, str) else rendered
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Console lines on a TTY, key=value otherwise, JSON with ``fmt='json'``."""
+_state: Callable[[], str] | None = None
+
+
+def set_state_provider(provider: Callable[[], str] | None) -> None:
+    """Every log line carries the device state this returns (idle, live, ...)."""
+    global _state
+    _state = provider
+
+
+def _add_state(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    if _state is not None and "state" not in event:
+        event["state"] = _state()
+    return event
+
+
+def configure(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Console lines on a TTY, JSON lines under journald or with ``fmt='json'``, else key=value.
+
+    systemd sets JOURNAL_STREAM for a service whose output goes to the journal.
+    """
     stream = stream or sys.stderr
+    env = os.environ if env is None else env
     if fmt == "auto":
-        fmt = "console" if stream.isatty() else "plain"
+        fmt = "json" if env.get("JOURNAL_STREAM") else "console" if stream.isatty() else "plain"
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -59,6 +85,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=False),
+        _add_state,
     ]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,

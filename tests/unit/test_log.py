@@ -33,3 +33,23 @@ def test_a_short_key_inside_a_longer_word_is_left_alone() -> None:
     text = out.getvalue()
     assert "picamera2" in text and "camera started" in text
     assert "rtmp://h/live/***" in text
+
+
+def test_under_journald_every_line_is_json_with_event_level_and_state() -> None:
+    import json
+
+    out = io.StringIO()
+    logsetup.configure("info", "auto", stream=out, env={"JOURNAL_STREAM": "8:12345"})
+    logsetup.add_secret("J0urnalKey")
+    logsetup.set_state_provider(lambda: "live")
+    try:
+        structlog.get_logger("t").info("published", url="rtmp://h/live/J0urnalKey")
+        logging.getLogger("lib").warning("a library speaks")
+    finally:
+        logsetup.set_state_provider(None)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        record = json.loads(line)
+        assert {"event", "level", "state"} <= record.keys() and record["state"] == "live"
+    assert "J0urnalKey" not in out.getvalue()
