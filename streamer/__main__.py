@@ -8,11 +8,13 @@ import contextlib
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import structlog
 
 from streamer import log as logsetup
 from streamer.app import Settings, Streamer
+from streamer.config import DEFAULT_PATH, Config, load_config, stream_url, with_overrides
 from streamer.exc import StreamerError
 from streamer.rtmp.url import parse_url
 from streamer.state import mermaid_diagram
@@ -46,49 +48,49 @@ def _ranged(kind: type[int] | type[float], low: float, high: float, unit: str = 
 
 
 def _add_stream_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--camera", default="sim", help="sim (default)")
-    p.add_argument("--microphone", default="sim", help="sim (default) or none")
-    p.add_argument("--size", type=_size, default=(1280, 720), help="WIDTHxHEIGHT (1280x720)")
-    p.add_argument("--fps", type=_ranged(float, 1, 120), default=30.0, help="frames/s (30)")
-    p.add_argument(
-        "--video-bitrate", type=_ranged(int, 50, 50000, " kbps"), default=2500, help="kbps (2500)"
-    )
-    p.add_argument(
-        "--audio-bitrate", type=_ranged(int, 16, 512, " kbps"), default=128, help="kbps (128)"
-    )
+    """Flags that override the config file: None means "not given"."""
+    p.add_argument("--camera", help="sim | sim:sync | picamera2[:N] | v4l2[:/dev/videoN] (sim)")
+    p.add_argument("--microphone", help="sim | sim:sync | alsa[:DEVICE] | none (sim)")
+    p.add_argument("--size", type=_size, help="WIDTHxHEIGHT (1280x720)")
+    p.add_argument("--fps", type=_ranged(float, 1, 120), help="frames/s (30)")
+    p.add_argument("--video-bitrate", type=_ranged(int, 50, 50000, " kbps"), help="kbps (2500)")
+    p.add_argument("--audio-bitrate", type=_ranged(int, 16, 512, " kbps"), help="kbps (128)")
     p.add_argument(
         "--encoder",
-        default="auto",
         help="auto (the V4L2 hardware encoder where there is one, else libx264), "
         "v4l2m2m or libx264",
     )
     p.add_argument(
         "--drop-threshold-ms",
         type=_ranged(int, 100, 10000, " ms"),
-        default=700,
         help="send-queue depth above which video frames are dropped (700)",
     )
     p.add_argument(
         "--min-video-bitrate",
         type=_ranged(int, 50, 50000, " kbps"),
-        default=300,
         help="adaptive bitrate never goes below this (300 kbps)",
     )
     p.add_argument(
         "--no-adaptive-bitrate",
         dest="adaptive_bitrate",
-        action="store_false",
+        action="store_const",
+        const=False,
         help="keep the video bitrate fixed whatever the link does",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="auto", choices=["auto", "console", "plain", "json"])
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", choices=["auto", "console", "plain", "json"])
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="stream camera and microphone to an RTMP server")
-    run.add_argument("--url", required=True, help="rtmp://host[:port]/app/streamkey")
+    run.add_argument(
+        "--config",
+        type=Path,
+        help=f"settings file (default {DEFAULT_PATH}; flags override it)",
+    )
+    run.add_argument("--url", help="rtmp://host[:port]/app/streamkey (or stream.url in the file)")
     run.add_argument(
         "--duration", type=_ranged(float, 0.1, 1e9, " s"), help="stop after this many seconds"
     )
@@ -100,8 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-reconnects",
         type=_ranged(int, 0, 1_000_000),
-        default=10,
         help="CLI mode: reconnect attempts in a row before giving up (10)",
+    )
+    run.add_argument(
+        "--status-port",
+        type=_ranged(int, 0, 65535),
+        help="status page and /metrics on 127.0.0.1 (8089; 0 = off)",
     )
     run.add_argument(
         "--button", metavar="PIN", help="GPIO pin of the start/stop button, e.g. GPIO17"
@@ -125,24 +131,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from(args: argparse.Namespace, url: str) -> Settings:
-    width, height = args.size
+# config field -> command-line flag (argparse dest) that overrides it
+OVERRIDES = {
+    "stream.url": "url",
+    "video.camera": "camera",
+    "video.size": "size",
+    "video.fps": "fps",
+    "video.bitrate_kbps": "video_bitrate",
+    "video.encoder": "encoder",
+    "audio.microphone": "microphone",
+    "audio.bitrate_kbps": "audio_bitrate",
+    "network.drop_threshold_ms": "drop_threshold_ms",
+    "network.min_video_bitrate_kbps": "min_video_bitrate",
+    "network.adaptive_bitrate": "adaptive_bitrate",
+    "network.max_reconnects": "max_reconnects",
+    "controls.button": "button",
+    "controls.led": "led",
+    "status.port": "status_port",
+    "log.level": "log_level",
+    "log.format": "log_format",
+}
+
+
+def config_from(args: argparse.Namespace, base: Config) -> Config:
+    """The file's settings with every flag the user gave on top."""
+    return with_overrides(base, {key: getattr(args, dest, None) for key, dest in OVERRIDES.items()})
+
+
+def settings_from(config: Config, args: argparse.Namespace) -> Settings:
+    v, a, n = config.video, config.audio, config.network
     return Settings(
-        url=parse_url(url),
-        camera=args.camera,
-        microphone=args.microphone,
-        width=width,
-        height=height,
-        fps=args.fps,
-        video_bitrate_kbps=args.video_bitrate,
-        audio_bitrate_kbps=args.audio_bitrate,
+        url=parse_url(stream_url(config)),
+        camera=v.camera,
+        microphone=a.microphone,
+        width=v.size[0],
+        height=v.size[1],
+        fps=v.fps,
+        video_bitrate_kbps=v.bitrate_kbps,
+        audio_bitrate_kbps=a.bitrate_kbps,
+        encoder=v.encoder,
+        drop_threshold_ms=n.drop_threshold_ms,
+        min_video_bitrate_kbps=n.min_video_bitrate_kbps,
+        adaptive_bitrate=n.adaptive_bitrate,
+        max_reconnects=n.max_reconnects,
         duration=args.duration,
-        encoder=args.encoder,
-        drop_threshold_ms=args.drop_threshold_ms,
-        min_video_bitrate_kbps=args.min_video_bitrate,
-        adaptive_bitrate=args.adaptive_bitrate,
         service=getattr(args, "service", False),
-        max_reconnects=getattr(args, "max_reconnects", 10),
     )
 
 
@@ -192,26 +225,39 @@ async def stream(
 def run_demo(args: argparse.Namespace) -> None:
     from streamer.localserver import LocalRtmpServer
 
+    # The demo never reads the device's config file: sim sync pattern unless told otherwise.
+    base = with_overrides(Config(), {"video.camera": "sim:sync", "audio.microphone": "sim:sync"})
     with LocalRtmpServer() as server:
         url = server.url("demo")
+        config = with_overrides(config_from(args, base), {"stream.url": url})
         print(f"local nginx-rtmp listening on 127.0.0.1:{server.port}", flush=True)
         print(f"watch it with:  ffplay -fflags nobuffer {url}", flush=True)
         print(
             f"streaming the simulated camera and microphone for {args.duration:g} s (Ctrl-C stops)",
             flush=True,
         )
-        asyncio.run(stream(settings_from(args, url)))
+        asyncio.run(stream(settings_from(config, args)))
         for path in server.recordings():
             print(f"the server recorded {path.stat().st_size / 1e6:.1f} MB ({path.name})")
     print("demo finished; the local server is stopped and its files removed")
 
 
+def run(args: argparse.Namespace) -> None:
+    config = config_from(args, load_config(args.config))
+    logsetup.configure(config.log.level, config.log.format)
+    settings = settings_from(config, args)
+    controls = config.controls
+    asyncio.run(stream(settings, controls.button or None, controls.led or None))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logsetup.configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "auto"))
+    logsetup.configure(
+        getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "auto"
+    )
     try:
         if args.command == "run":
-            asyncio.run(stream(settings_from(args, args.url), args.button, args.led))
+            run(args)
         elif args.command == "demo":
             run_demo(args)
         elif args.command == "state-diagram":

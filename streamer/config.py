@@ -1,0 +1,571 @@
+"""The config file (``/etc/streamer/config.toml``), checked field by field.
+
+The service starts at boot with nobody watching, so every mistake must end it
+with one line that names the file (or ``command line``), the field as
+``section.key``, the bad value and what is allowed. The stream key is a
+secret: messages show a URL at most as ``scheme://host/app/***`` and never
+print what a key file holds.
+
+``load_config`` reads the file, ``with_overrides`` lays command-line values
+over it (checked by the same rules), ``stream_url`` gives the publish URL.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+
+from streamer import log as logsetup
+from streamer.exc import ConfigError
+from streamer.rtmp.url import parse_url
+
+log = structlog.get_logger("streamer.config")
+
+DEFAULT_PATH = Path("/etc/streamer/config.toml")
+COMMAND_LINE = "command line"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSection:
+    url: str | None = None  # no default: the server is the user's choice
+    key_file: Path | None = None  # absolute; then ``url`` has no key
+
+    def __repr__(self) -> str:
+        """Configs get logged: the URL shows as ``scheme://host/app/***``."""
+        url = None if self.url is None else _redacted(self.url, keyless=self.key_file is not None)
+        return f"StreamSection(url={url!r}, key_file={self.key_file!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class VideoSection:
+    camera: str = "sim"
+    size: tuple[int, int] = (1280, 720)
+    fps: float = 30.0
+    bitrate_kbps: int = 2500
+    encoder: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioSection:
+    microphone: str = "sim"
+    bitrate_kbps: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkSection:
+    drop_threshold_ms: int = 700
+    min_video_bitrate_kbps: int = 300
+    adaptive_bitrate: bool = True
+    max_reconnects: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ControlsSection:
+    button: str = ""  # "" = no button
+    led: str = ""  # "" = no LED
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSection:
+    port: int = 8089  # 0 = no status page
+
+
+@dataclass(frozen=True, slots=True)
+class LogSection:
+    level: str = "info"
+    format: str = "auto"
+
+
+def _no_sources() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; ``path`` is the file read (None: none was).
+
+    ``sources`` maps each field set by the file or the command line
+    (``"video.fps"``) to where it came from, so errors found later (the key
+    file vanished) still name the right place.
+    """
+
+    stream: StreamSection = field(default_factory=StreamSection)
+    video: VideoSection = field(default_factory=VideoSection)
+    audio: AudioSection = field(default_factory=AudioSection)
+    network: NetworkSection = field(default_factory=NetworkSection)
+    controls: ControlsSection = field(default_factory=ControlsSection)
+    status: StatusSection = field(default_factory=StatusSection)
+    log: LogSection = field(default_factory=LogSection)
+    path: Path | None = None
+    sources: Mapping[str, str] = field(default_factory=_no_sources, compare=False, repr=False)
+
+
+# -- the rules, one per field -------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A value broke its rule; the caller prefixes the source and the field."""
+
+
+Check = Callable[[Any], Any]
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it in TOML (strings quoted), kept short."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {_show(value)}")
+    return value
+
+
+def _integer(low: int, high: int, note: str = "") -> Check:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(f"must be an integer, got {_show(value)}")
+        if not low <= value <= high:
+            raise _Invalid(f"= {value} is out of range {low}..{high}{note}")
+        return value
+
+    return check
+
+
+def _number(low: int, high: int) -> Check:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(f"must be a number, got {_show(value)}")
+        if not low <= value <= high:  # also refuses nan
+            raise _Invalid(f"= {_show(value)} is out of range {low}..{high}")
+        return float(value)
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _choice(*options: str) -> Check:
+    def check(value: Any) -> str:
+        text = _string(value)
+        if text not in options:
+            raise _Invalid(f"= {_show(value)} is not one of: {', '.join(options)}")
+        return text
+
+    return check
+
+
+def _size(value: Any) -> tuple[int, int]:
+    """``"1280x720"`` from the file; argparse hands over ``(1280, 720)``."""
+    rule = 'must be WIDTHxHEIGHT, even numbers between 16 and 4096, e.g. "1280x720"'
+    if isinstance(value, tuple) and len(value) == 2:
+        shown = "x".join(str(v) for v in value)
+        parts: list[Any] = list(value)
+    elif isinstance(value, str):
+        shown = _show(value)
+        parts = value.strip().lower().split("x")
+    else:
+        raise _Invalid(f'must be a string like "1280x720", got {_show(value)}')
+    try:
+        if len(parts) != 2 or any(isinstance(p, bool | float) for p in parts):
+            raise ValueError
+        width, height = (int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise _Invalid(f"= {shown} {rule}") from None
+    if not (16 <= width <= 4096 and 16 <= height <= 4096) or width % 2 or height % 2:
+        raise _Invalid(f"= {shown} {rule}")
+    return width, height
+
+
+CAMERAS = "sim, sim:sync, picamera2[:N], v4l2[:/dev/videoN]"
+MICROPHONES = "sim, sim:sync, alsa[:DEVICE], none"
+
+
+def _camera(value: Any) -> str:
+    """Refuse a camera that cannot exist before the boot service opens it."""
+    name, colon, arg = _string(value).strip().partition(":")
+    name = name.strip().lower()
+    ok = (
+        (name == "sim" and (not colon or arg == "sync"))
+        or (name == "picamera2" and (not colon or arg.isdigit()))
+        or (name == "v4l2" and (not colon or (arg.startswith("/dev/") and not _spaced(arg))))
+    )
+    if not ok:
+        raise _Invalid(f"= {_show(value)} is not one of: {CAMERAS}")
+    return f"{name}:{arg}" if colon else name
+
+
+def _microphone(value: Any) -> str:
+    name, colon, arg = _string(value).strip().partition(":")
+    name = name.strip().lower()
+    ok = (
+        (name == "sim" and (not colon or arg == "sync"))
+        or (name == "alsa" and (not colon or (arg != "" and not _spaced(arg))))
+        or (name == "none" and not colon)
+    )
+    if not ok:
+        raise _Invalid(f"= {_show(value)} is not one of: {MICROPHONES}")
+    return f"{name}:{arg}" if colon else name
+
+
+def _spaced(text: str) -> bool:
+    return any(c.isspace() or not c.isprintable() for c in text)
+
+
+_PIN = re.compile(r"[A-Za-z0-9_]+(?::[A-Za-z0-9_]+)?")
+
+
+def _pin(value: Any) -> str:
+    """Catch typos here; gpiozero judges the name itself when it claims the pin."""
+    text = _string(value).strip()
+    if text and not _PIN.fullmatch(text):
+        raise _Invalid(f'= {_show(value)} is not a GPIO pin name like "GPIO17" ("" for none)')
+    return text
+
+
+def _url(value: Any) -> str | None:
+    """Only the type here (never echoing the value); its shape is checked with the key."""
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {_kind(value)}")
+    return value.strip() or None
+
+
+def _key_file(value: Any) -> Path | None:
+    if isinstance(value, Path):
+        return value
+    text = _string(value).strip()
+    return Path(text) if text else None
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return _show(value) if isinstance(value, dict | list) else "something else"
+
+
+# section -> (dataclass, key -> rule); keys are the dataclass's fields.
+SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
+    "stream": (StreamSection, {"url": _url, "key_file": _key_file}),
+    "video": (
+        VideoSection,
+        {
+            "camera": _camera,
+            "size": _size,
+            "fps": _number(1, 120),
+            "bitrate_kbps": _integer(50, 50000),
+            "encoder": _choice("auto", "v4l2m2m", "libx264"),
+        },
+    ),
+    "audio": (AudioSection, {"microphone": _microphone, "bitrate_kbps": _integer(16, 512)}),
+    "network": (
+        NetworkSection,
+        {
+            "drop_threshold_ms": _integer(100, 10000),
+            "min_video_bitrate_kbps": _integer(50, 50000),
+            "adaptive_bitrate": _boolean,
+            "max_reconnects": _integer(0, 1_000_000),
+        },
+    ),
+    "controls": (ControlsSection, {"button": _pin, "led": _pin}),
+    "status": (StatusSection, {"port": _integer(0, 65535, " (0 disables the status page)")}),
+    "log": (
+        LogSection,
+        {
+            "level": _choice("debug", "info", "warning", "error"),
+            "format": _choice("auto", "console", "plain", "json"),
+        },
+    ),
+}
+
+
+# -- reading ------------------------------------------------------------------
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and check a config file; ``None`` means DEFAULT_PATH, which may be absent.
+
+    A path given explicitly must exist: a typo there must not silently start
+    the device with defaults.
+    """
+    explicit = path is not None
+    path = DEFAULT_PATH if path is None else path
+    where = f"config {path}"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if not explicit:
+            return Config()
+        raise ConfigError(f"{where}: file does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(f"{where}: cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: {_syntax_error(exc)}") from None
+    return _build(data, where, path)
+
+
+def _syntax_error(exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib says ``what (at line 3, column 5)``: lead with the line."""
+    text = str(exc).splitlines()[0] if str(exc) else "invalid TOML"
+    found = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", text)
+    if found:
+        what, line, column = found.groups()
+        return f"TOML syntax error at line {line}: {what} (column {column})"
+    found = re.fullmatch(r"(.*) \(at end of document\)", text)
+    if found:
+        return f"TOML syntax error at the end of the file: {found.group(1)}"
+    return f"TOML syntax error: {text}"
+
+
+def _build(data: Mapping[str, Any], where: str, path: Path) -> Config:
+    sections: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, table in data.items():
+        if name not in SCHEMA:
+            raise ConfigError(f"{where}: {_misplaced(name, table)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {name} must be a section [{name}], not a single value")
+        cls, checks = SCHEMA[name]
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            check = checks.get(key)
+            if check is None:
+                known = ", ".join(sorted(checks))
+                raise ConfigError(f"{where}: unknown key {name}.{key} (known: {known})")
+            try:
+                values[key] = check(value)
+            except _Invalid as exc:
+                raise ConfigError(f"{where}: {name}.{key} {exc}") from None
+            sources[f"{name}.{key}"] = where
+        key_file = values.get("key_file")
+        if name == "stream" and key_file is not None and not key_file.is_absolute():
+            values["key_file"] = path.parent.absolute() / key_file  # not the service's cwd
+        sections[name] = cls(**values)
+    config = Config(**sections, path=path, sources=MappingProxyType(sources))
+    _check_stream(config, warn=True)
+    return config
+
+
+def _misplaced(name: str, value: Any) -> str:
+    known = ", ".join(sorted(SCHEMA))
+    if isinstance(value, dict):
+        return f"unknown section [{name}] (known: {known})"
+    homes = [section for section, (_, checks) in SCHEMA.items() if name in checks]
+    if homes:  # e.g. ``fps = 30`` above every section header
+        return f"{name} is outside any section; it belongs under [{homes[0]}]"
+    return f"unknown key {name} outside any section (sections: {known})"
+
+
+# -- command line ---------------------------------------------------------------
+
+
+def with_overrides(
+    config: Config, overrides: Mapping[str, Any], source: str = COMMAND_LINE
+) -> Config:
+    """Lay values from ``source`` over ``config``, checked by the file's rules.
+
+    Keys are ``"section.key"``; a value of None means "not given" and leaves
+    the file's value. An unknown key is a programming error (ValueError). A
+    ``stream.url`` given here is a complete publish URL, so the file's
+    ``stream.key_file`` no longer applies unless ``stream.key_file`` is given
+    here too.
+    """
+    changes: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        check = SCHEMA[section][1].get(key) if section in SCHEMA else None
+        if check is None:
+            raise ValueError(f"unknown config field {dotted!r}")
+        if value is None:
+            continue
+        try:
+            checked = check(value)
+        except _Invalid as exc:
+            raise ConfigError(f"{source}: {dotted} {exc}") from None
+        if dotted == "stream.key_file" and checked is not None:
+            checked = checked.absolute()
+        changes.setdefault(section, {})[key] = checked
+    if not changes:
+        return config
+    stream = changes.get("stream", {})
+    if "url" in stream and "key_file" not in stream:
+        stream["key_file"] = None
+    sources = dict(config.sources)
+    new_sections: dict[str, Any] = {}
+    for section, values in changes.items():
+        new_sections[section] = replace(getattr(config, section), **values)
+        sources.update({f"{section}.{key}": source for key in values})
+    result = replace(config, **new_sections, sources=MappingProxyType(sources))
+    if stream:
+        _check_stream(result, warn=True)
+    return result
+
+
+# -- the stream URL -------------------------------------------------------------
+
+
+def stream_url(config: Config) -> str:
+    """The full publish URL: ``stream.url``, plus the key read from ``stream.key_file``.
+
+    The key file is read again here, so a key rotated since loading is used.
+    """
+    s = config.stream
+    if s.url is None:
+        where = _where(config, "stream.key_file" if s.key_file else "stream.url")
+        if s.key_file is not None:
+            raise ConfigError(
+                f"{where}: stream.key_file is set but stream.url is not; "
+                "give stream.url = rtmp://host[:port]/app (without the key)"
+            )
+        raise ConfigError(
+            f"{where}: stream.url is not set; give rtmp://host[:port]/app/KEY, "
+            "or rtmp://host[:port]/app together with stream.key_file"
+        )
+    key = _read_key(s.key_file, _where(config, "stream.key_file")) if s.key_file else None
+    return _publish_url(s.url, key, _where(config, "stream.url"))
+
+
+def _where(config: Config, name: str) -> str:
+    if name in config.sources:
+        return config.sources[name]
+    if config.path is not None:
+        return f"config {config.path}"
+    return f"config {DEFAULT_PATH} (absent)"
+
+
+def _check_stream(config: Config, *, warn: bool) -> None:
+    """Check the key file and the URL as soon as both are known, not at first connect."""
+    s = config.stream
+    key = None
+    if s.key_file is not None:
+        key = _read_key(s.key_file, _where(config, "stream.key_file"), warn=warn)
+    if s.url is not None:
+        _publish_url(s.url, key, _where(config, "stream.url"))
+
+
+def _read_key(path: Path, where: str, *, warn: bool = False) -> str:
+    """The stripped key; registered as a secret at once so no log line can show it."""
+    shown = f"stream.key_file {path}"
+    try:
+        raw = path.read_bytes()
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {shown} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: {shown} is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(
+            f"{where}: {shown} cannot be read (permission denied); "
+            "the user the service runs as needs read access"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: {shown} cannot be read ({exc.strerror or exc})") from None
+    try:
+        key = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {shown} is not UTF-8 text") from None
+    if not key:
+        raise ConfigError(f"{where}: {shown} is empty; it must hold the stream key")
+    logsetup.add_secret(key)
+    if _spaced(key):
+        raise ConfigError(
+            f"{where}: {shown} must hold only the stream key, on one line without spaces"
+        )
+    if warn and mode & stat.S_IROTH:
+        log.warning(
+            "stream key file is readable by every user of this machine",
+            path=str(path),
+            fix=f"chmod o-r {path}",
+        )
+    return key
+
+
+def _publish_url(url: str, key: str | None, where: str) -> str:
+    """``url`` (with ``key`` appended) checked by ``parse_url``; errors never show the key."""
+    full = url.strip() if key is None else _join(url, key)
+    try:
+        parsed = parse_url(full)
+    except ConfigError as exc:
+        raise ConfigError(_url_error(where, url, key, exc.message)) from None
+    if key is not None and parsed.key != key:
+        raise ConfigError(
+            f"{where}: stream.url {_redacted(url, keyless=True)} cannot take the key from "
+            "stream.key_file; with a key file it must be rtmp://host[:port]/app "
+            "(no key, no query string)"
+        )
+    return full
+
+
+def _join(url: str, key: str) -> str:
+    """Append ``key`` as the last path segment so that ``parse_url`` gives it back intact."""
+    name, question, query = key.partition("?")
+    return f"{url.strip().rstrip('/')}/{urllib.parse.quote(name, safe='')}{question}{query}"
+
+
+def _url_error(where: str, url: str, key: str | None, reason: str) -> str:
+    shown = _redacted(url, keyless=key is not None)
+    rest = reason.removeprefix("stream URL ")
+    if rest != reason and "://" not in rest.split(" ", 1)[0]:
+        text = f"{where}: stream.url {shown} {rest}"  # "... must start with rtmp://"
+    else:
+        text = f"{where}: stream.url {shown}: {reason}"
+    return logsetup.redact(text)  # a last guard: the key file's key is a registered secret
+
+
+def _redacted(url: str, *, keyless: bool) -> str:
+    """``scheme://host[:port]/app/***``: the last path segment (the key) never shows.
+
+    With a key file the URL should hold no key, so all of its path is shown.
+    Query strings and user:password parts are always left out.
+    """
+    text = url.strip()
+    scheme, sep, _ = text.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]{0,9}", scheme):
+        return "***" if text else '""'
+    try:
+        parts = urllib.parse.urlsplit(text)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return f"{scheme}://***"
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{port}" if port is not None else host
+    segments = [s for s in parts.path.split("/") if s]
+    if keyless:
+        return "/".join([f"{scheme}://{netloc}", *segments])
+    if not segments:
+        return f"{scheme}://{netloc}"
+    return "/".join([f"{scheme}://{netloc}", *segments[:-1], logsetup.REDACTED])

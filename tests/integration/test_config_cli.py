@@ -1,0 +1,65 @@
+"""`streamer run --config FILE`: the file is used, flags override it, a bad file exits 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamer.localserver import LocalRtmpServer
+from tests.conftest import run_cli
+from tests.media_check import analyze_file
+
+
+def test_the_file_is_used_and_flags_override_it(
+    rtmp_server: LocalRtmpServer, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "stream.key"
+    key_file.write_text("fileKey123\n")
+    key_file.chmod(0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[stream]\nurl = "rtmp://127.0.0.1:{rtmp_server.port}/live"\n'
+        f'key_file = "{key_file}"\n'
+        '[video]\nsize = "320x180"\nfps = 15\n[audio]\nmicrophone = "none"\n'
+    )
+    result = run_cli("run", "--config", str(config), "--fps", "25", "--duration", "4", timeout=40)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fileKey123" not in result.output
+    rtmp_server.stop()
+    [recording] = rtmp_server.recordings()
+    assert recording.name.startswith("fileKey123")  # the key came from the key file
+    report = analyze_file(recording)
+    assert (report.width, report.height) == (320, 180)  # from the file
+    assert report.audio_pts_ms == []  # microphone = "none" from the file
+    assert 0.9 * 4 * 25 <= len(report.video_pts_ms) <= 4 * 25 + 5  # --fps 25 beat fps = 15
+
+
+@pytest.mark.parametrize(
+    ("text", "phrases"),
+    [
+        ("[video]\nfps = 500\n", ["video.fps", "500", "1..120"]),
+        ('[video]\nfps = "thirty"\n', ["video.fps", "thirty"]),
+        ("[video]\nframerate = 30\n", ["unknown key video.framerate"]),
+        ('[stream]\nurl = "http://h/live/SECRETKEY"\n', ["stream.url", "rtmp://"]),
+        ('[stream]\nurl = "rtmp://h/live"\nkey_file = "/nonexistent/key"\n', ["stream.key_file"]),
+        ("[video\n", ["TOML"]),
+    ],
+)
+def test_a_bad_file_exits_2_naming_the_field(tmp_path: Path, text: str, phrases: list[str]) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    url = [] if "url" in text else ["--url", "rtmp://h/live/k"]  # a flag would hide the file's
+    result = run_cli("run", "--config", str(config), *url, timeout=20)
+    assert result.returncode == 2, result.output
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("streamer: error:")]
+    assert str(config) in line
+    for phrase in phrases:
+        assert phrase in line, line
+    assert "SECRETKEY" not in result.output and "Traceback" not in result.output
+
+
+def test_no_url_anywhere_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli("run", "--config", str(tmp_path / "absent.toml"), timeout=20)
+    assert result.returncode == 2
+    assert "absent.toml" in result.stderr
