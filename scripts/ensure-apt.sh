@@ -2,7 +2,9 @@
 # Install the Debian packages streamer needs when they are missing.
 # As root it installs them; otherwise it prints the command to run and fails.
 set -euo pipefail
-packages=(nginx libnginx-mod-rtmp libnginx-mod-stream ffmpeg libasound2-dev)
+# nginx + rtmp: the test server; ffmpeg: benchmarks; libasound2-dev: pyalsaaudio builds;
+# systemd (systemd-analyze) + shellcheck: the boot-service files are checked in tests.
+packages=(nginx libnginx-mod-rtmp libnginx-mod-stream ffmpeg libasound2-dev systemd shellcheck)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -17,7 +17,8 @@ from streamer.app import Settings, Streamer
 from streamer.config import DEFAULT_PATH, Config, load_config, stream_url, with_overrides
 from streamer.exc import StreamerError
 from streamer.rtmp.url import parse_url
-from streamer.state import mermaid_diagram
+from streamer.state import ERROR, LIVE, RECONNECTING, mermaid_diagram
+from streamer.systemd import Notifier, watchdog_pings
 
 log = structlog.get_logger("streamer")
 
@@ -179,6 +180,13 @@ def settings_from(config: Config, args: argparse.Namespace) -> Settings:
     )
 
 
+def _tell_systemd(notifier: Notifier, state: str, reason: str) -> None:
+    """STATUS on every transition; READY once the service is up (live or retrying)."""
+    notifier.status(f"{state}: {reason}")
+    if state in (LIVE, RECONNECTING, ERROR):
+        notifier.ready()
+
+
 def _on_loop(loop: asyncio.AbstractEventLoop, command: Callable[[str], None], by: str) -> None:
     loop.call_soon_threadsafe(command, by)
 
@@ -213,11 +221,17 @@ async def stream(
                     on_reset=lambda: _on_loop(loop, streamer.reset, "button held"),
                 )
             )
+        notifier = Notifier.from_env()
+        controls.callback(notifier.close)
+        streamer.state.subscribe(lambda _old, new, reason: _tell_systemd(notifier, new, reason))
+        pings = asyncio.create_task(watchdog_pings(notifier, streamer.healthy))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown.set)
         try:
             await streamer.run(shutdown)
         finally:
+            notifier.stopping()
+            pings.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
 

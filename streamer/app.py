@@ -135,6 +135,13 @@ class Streamer:
             **({} if live else {"sent_kbps": 0, "fps": 0.0}),
         }
 
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the loop runs (it asks) and no capture thread died."""
+        pipeline = self.pipeline
+        return pipeline is None or all(
+            t.is_alive() or t.stopping.is_set() for t in pipeline.threads
+        )
+
     # -- commands (button, status page): called on the event loop ------------
 
     def toggle(self, reason: str) -> None:
