@@ -196,6 +196,7 @@ async def stream(
     button: str | None = None,
     led: str | None = None,
     *,
+    status_port: int = 0,
     streamer: Streamer | None = None,
     shutdown: asyncio.Event | None = None,
 ) -> None:
@@ -227,10 +228,23 @@ async def stream(
         pings = asyncio.create_task(watchdog_pings(notifier, streamer.healthy))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown.set)
+        status = None
+        if status_port:
+            from streamer.status import StatusServer
+
+            status = StatusServer(
+                streamer.snapshot,
+                on_start=lambda: streamer.start("status page"),
+                on_stop=lambda: streamer.stop("status page"),
+                port=status_port,
+            )
+            await status.start()  # a port in use is a configuration error, said at once
         try:
             await streamer.run(shutdown)
         finally:
             notifier.stopping()
+            if status is not None:
+                await status.stop()
             pings.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -261,7 +275,14 @@ def run(args: argparse.Namespace) -> None:
     logsetup.configure(config.log.level, config.log.format)
     settings = settings_from(config, args)
     controls = config.controls
-    asyncio.run(stream(settings, controls.button or None, controls.led or None))
+    asyncio.run(
+        stream(
+            settings,
+            controls.button or None,
+            controls.led or None,
+            status_port=config.status.port,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

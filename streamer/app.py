@@ -150,6 +150,19 @@ class Streamer:
         log.info("start requested" if self._want_running else "stop requested", by=reason)
         self._poke()
 
+    def start(self, by: str) -> None:
+        """Stream (again): from idle, or from an error a person chose to retry now."""
+        if self.state.state == ERROR:
+            self.state.fire("reset", f"start requested by {by}")
+        self._want_running = True
+        log.info("start requested", by=by)
+        self._poke()
+
+    def stop(self, by: str) -> None:
+        self._want_running = False
+        log.info("stop requested", by=by)
+        self._poke()
+
     def reset(self, reason: str) -> None:
         if self.state.state == ERROR:
             self._want_running = False
