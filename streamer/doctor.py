@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import errno
 import grp
+import importlib
 import os
 import pwd
 import socket
@@ -117,26 +118,34 @@ def check_camera(camera: str) -> list[Finding]:
     return found
 
 
+def _optional_import(
+    module: str, what: str, needed: bool, fix: str, package: str | None = None
+) -> tuple[Any, list[Finding]]:
+    """(the module, []) or (None, [the finding that says it is missing and how to get it])."""
+    package = package or module
+    try:
+        with _quiet_stderr():
+            return importlib.import_module(module), []
+    except ModuleNotFoundError as exc:
+        text = (
+            f"{package} is not installed"
+            if exc.name == module
+            else f"{package} cannot be imported ({exc})"
+        )
+    except Exception as exc:  # e.g. picamera2 without libcamera's bindings
+        text = f"{package} cannot be imported ({exc})"
+    return None, [Finding(_needed(needed), f"{what}: {text}", fix)]
+
+
 def check_libcamera(needed: bool, index: str | None = None) -> list[Finding]:
     """Cameras libcamera sees, through picamera2 (Raspberry Pi OS: python3-picamera2)."""
     what = "camera picamera2" if needed else "picamera2 (for --camera picamera2)"
     os.environ.setdefault("LIBCAMERA_LOG_LEVELS", "*:ERROR")
-    try:
-        with _quiet_stderr():
-            from picamera2 import Picamera2
-    except ModuleNotFoundError as exc:
-        text = (
-            "picamera2 is not installed"
-            if exc.name == "picamera2"
-            else f"picamera2 cannot be imported ({exc})"
-        )
-        return [Finding(_needed(needed), f"{what}: {text}", APT_PICAMERA2)]
-    except Exception as exc:
-        return [
-            Finding(_needed(needed), f"{what}: picamera2 cannot be imported ({exc})", APT_PICAMERA2)
-        ]
+    picamera2, problem = _optional_import("picamera2", what, needed, APT_PICAMERA2)
+    if picamera2 is None:
+        return problem
     with _quiet_stderr():
-        cameras: Sequence[dict[str, Any]] = Picamera2.global_camera_info()
+        cameras: Sequence[dict[str, Any]] = picamera2.Picamera2.global_camera_info()
     if not cameras:
         return [
             Finding(
@@ -244,19 +253,9 @@ def check_microphone(microphone: str) -> list[Finding]:
 def check_alsa(needed: bool, device: str | None = None) -> list[Finding]:
     """ALSA cards and capture PCMs through pyalsaaudio; opens ``device`` when given."""
     what = "microphone alsa" if needed else "pyalsaaudio (for --microphone alsa)"
-    try:
-        import alsaaudio
-    except ModuleNotFoundError as exc:
-        text = (
-            "pyalsaaudio is not installed"
-            if exc.name == "alsaaudio"
-            else f"pyalsaaudio cannot be imported ({exc})"
-        )
-        return [Finding(_needed(needed), f"{what}: {text}", PIP_ALSA)]
-    except Exception as exc:
-        return [
-            Finding(_needed(needed), f"{what}: pyalsaaudio cannot be imported ({exc})", PIP_ALSA)
-        ]
+    alsaaudio, problem = _optional_import("alsaaudio", what, needed, PIP_ALSA, "pyalsaaudio")
+    if alsaaudio is None:
+        return problem
     with _quiet_stderr():
         cards: list[str] = list(alsaaudio.cards())
         pcms: list[str] = list(alsaaudio.pcms(alsaaudio.PCM_CAPTURE))
