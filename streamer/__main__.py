@@ -238,7 +238,12 @@ async def stream(
                 on_stop=lambda: streamer.stop("status page"),
                 port=status_port,
             )
-            await status.start()  # a port in use is a configuration error, said at once
+            try:
+                await status.start()
+            except StreamerError as exc:
+                # The stream matters more than its status page: say so and go on.
+                log.error("status page disabled", reason=exc.message)
+                status = None
         try:
             await streamer.run(shutdown)
         finally:

@@ -64,3 +64,21 @@ def test_status_and_metrics_follow_the_stream_and_stop_stops_it(
         assert cli.stop(signal.SIGTERM) == 0
     finally:
         cli.stop(signal.SIGKILL)
+
+
+def test_a_taken_status_port_does_not_stop_the_stream(rtmp_server: LocalRtmpServer) -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        cli = LiveCli(
+            "run", "--url", rtmp_server.url("busy"), "--size", "320x180", "--status-port", str(port)
+        )
+        try:
+            cli.wait_for_state("preparing -> live", timeout=15)
+            assert any(e.get("event") == "status page disabled" for e in cli.events)
+            assert cli.stop(signal.SIGTERM) == 0
+        finally:
+            cli.stop(signal.SIGKILL)
