@@ -62,6 +62,14 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
         "v4l2m2m or libx264",
     )
     p.add_argument(
+        "--filter",
+        dest="filters",
+        action="append",
+        metavar="SPEC",
+        help="beauty[=0..1] | watermark=FILE.png[:CORNER][:margin=N][:opacity=X] | mirror "
+        "(repeatable; replaces [video] filters)",
+    )
+    p.add_argument(
         "--drop-threshold-ms",
         type=_ranged(int, 100, 10000, " ms"),
         help="send-queue depth above which video frames are dropped (700)",
@@ -140,6 +148,7 @@ OVERRIDES = {
     "video.fps": "fps",
     "video.bitrate_kbps": "video_bitrate",
     "video.encoder": "encoder",
+    "video.filters": "filters",
     "audio.microphone": "microphone",
     "audio.bitrate_kbps": "audio_bitrate",
     "network.drop_threshold_ms": "drop_threshold_ms",
@@ -171,6 +180,7 @@ def settings_from(config: Config, args: argparse.Namespace) -> Settings:
         video_bitrate_kbps=v.bitrate_kbps,
         audio_bitrate_kbps=a.bitrate_kbps,
         encoder=v.encoder,
+        filters=v.filters,
         drop_threshold_ms=n.drop_threshold_ms,
         min_video_bitrate_kbps=n.min_video_bitrate_kbps,
         adaptive_bitrate=n.adaptive_bitrate,

@@ -67,6 +67,7 @@ class Settings:
     min_video_bitrate_kbps: int = 300
     adaptive_bitrate: bool = True
     encoder: str = "auto"
+    filters: tuple[str, ...] = ()
 
 
 class Streamer:
@@ -118,6 +119,10 @@ class Streamer:
             "target_kbps": self.bitrate.target_kbps if self.bitrate else self.s.video_bitrate_kbps,
             "reconnects": self.reconnects,
             "encoder": pipeline.video.name if pipeline else "",
+            "filters": ",".join(pipeline.filters.names) if pipeline and pipeline.filters else "",
+            "filter_ms": round(pipeline.filters.cost_ms, 2)
+            if pipeline and pipeline.filters
+            else 0.0,
         }
 
     def snapshot(self) -> dict[str, Any]:

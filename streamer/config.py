@@ -53,6 +53,7 @@ class VideoSection:
     fps: float = 30.0
     bitrate_kbps: int = 2500
     encoder: str = "auto"
+    filters: tuple[str, ...] = ()  # e.g. ("beauty=0.6", "watermark=logo.png:bottom-right")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +270,21 @@ def _kind(value: Any) -> str:
     return _show(value) if isinstance(value, dict | list) else "something else"
 
 
+def _filters(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(
+            f'must be a list of filters like ["beauty=0.6", "mirror"], got {_show(value)}'
+        )
+    from streamer.encode.filters import parse_filter
+
+    for spec in value:
+        try:
+            parse_filter(spec)
+        except ConfigError as exc:
+            raise _Invalid(exc.message) from None
+    return tuple(value)
+
+
 # section -> (dataclass, key -> rule); keys are the dataclass's fields.
 SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
     "stream": (StreamSection, {"url": _url, "key_file": _key_file}),
@@ -280,6 +296,7 @@ SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
             "fps": _number(1, 120),
             "bitrate_kbps": _integer(50, 50000),
             "encoder": _choice("auto", "v4l2m2m", "libx264"),
+            "filters": _filters,
         },
     ),
     "audio": (AudioSection, {"microphone": _microphone, "bitrate_kbps": _integer(16, 512)}),

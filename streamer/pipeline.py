@@ -18,6 +18,7 @@ import structlog
 from streamer.clock import MediaClock
 from streamer.encode.aac import AacEncoder
 from streamer.encode.camera import CameraEncoder
+from streamer.encode.filters import FilterChain, parse_filter
 from streamer.encode.h264 import H264Encoder
 from streamer.encode.select import open_h264
 from streamer.exc import ConfigError, DeviceError, StreamerError
@@ -127,7 +128,13 @@ class Pipeline:
         self.encoded: EncodedVideoSource | None = None
         self.video: H264Encoder | CameraEncoder
         name, _, arg = s.camera.partition(":")
-        if name.strip().lower() == "picamera2" and s.encoder != "libx264" and _pi_hw_encoder():
+        self.filters: FilterChain | None = None
+        if s.filters:
+            # Filters need raw frames: on picamera2 they force the raw-frame path.
+            specs = [parse_filter(spec) for spec in s.filters]
+            self.filters = FilterChain(specs, s.width, s.height, s.fps)
+        hardware_path = s.encoder != "libx264" and not s.filters
+        if name.strip().lower() == "picamera2" and hardware_path and _pi_hw_encoder():
             # The Pi's hardware encoder behind picamera2: frames arrive encoded.
             from streamer.hardware.picam import PicameraEncoded
 
@@ -162,8 +169,13 @@ class Pipeline:
         elif camera is not None and isinstance(video, H264Encoder):
             encoder = video
 
+            chain = self.filters
+
             def video_step() -> list[Packet]:
                 frame, captured = camera.read()
+                if chain is not None:
+                    frame = chain.process(frame)
+                    chain.adapt()  # too slow for the frame rate: lighten the chain, once
                 return encoder.encode(frame, clock.to_ms(captured))
 
             self.threads.append(
