@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="CLI mode: reconnect attempts in a row before giving up (10)",
     )
     run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="rtmps:// without checking the server's certificate (only for testing)",
+    )
+    run.add_argument(
         "--status-port",
         type=_ranged(int, 0, 65535),
         help="status page and /metrics on 127.0.0.1 (8089; 0 = off)",
@@ -187,6 +192,7 @@ def settings_from(config: Config, args: argparse.Namespace) -> Settings:
         max_reconnects=n.max_reconnects,
         duration=args.duration,
         service=getattr(args, "service", False),
+        insecure=getattr(args, "insecure", False),
     )
 
 

@@ -68,6 +68,7 @@ class Settings:
     adaptive_bitrate: bool = True
     encoder: str = "auto"
     filters: tuple[str, ...] = ()
+    insecure: bool = False  # rtmps:// without certificate verification, only when asked
 
 
 class Streamer:
@@ -280,7 +281,10 @@ class Streamer:
         # A hardware encoder only learns SPS/PPS with its first keyframe.
         video_config = await asyncio.to_thread(ready_config, pipeline.video, 5.0)
         publisher = RtmpPublisher(
-            self.s.url, timeout=self.s.connect_timeout, stall_timeout=self.s.stall_timeout
+            self.s.url,
+            timeout=self.s.connect_timeout,
+            stall_timeout=self.s.stall_timeout,
+            insecure=self.s.insecure,
         )
         self.publisher = publisher
         await publisher.connect()

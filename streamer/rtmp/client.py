@@ -45,6 +45,72 @@ WATCHDOG_PERIOD = 0.5
 FLASH_VERSION = "FMLE/3.0 (compatible; streamer)"
 
 
+INSECURE_WARNING = "TLS certificate verification is OFF (--insecure)"
+_insecure_warned = False
+
+# OpenSSL's X509_V_ERR_* codes that deserve their own advice.
+_CERT_NAME_MISMATCH = frozenset({62, 63, 64})  # host name, e-mail, IP address
+_CERT_TIME = frozenset({9, 10})  # not yet valid, expired
+# What OpenSSL says when the first bytes back are not a TLS record.
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"}
+)
+
+
+def tls_context(insecure: bool = False) -> ssl.SSLContext:
+    """The TLS settings for rtmps://.
+
+    Verified by default: the system CA store (``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` override it), host name checked against the URL's host,
+    which is also sent as SNI. ``insecure`` accepts any certificate (the
+    connection is still encrypted) and says so in the log, once per process.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        global _insecure_warned
+        if not _insecure_warned:
+            _insecure_warned = True
+            log.warning(INSECURE_WARNING)
+    return context
+
+
+def _tls_failure(exc: Exception, host: str, port: int, timeout: float) -> ConnectFailed:
+    """One line a user can act on for a TLS handshake that did not succeed."""
+    where = f"{host}:{port}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = str(exc.verify_message or exc.reason or exc).rstrip(".")
+        if exc.verify_code in _CERT_NAME_MISMATCH:
+            return ConnectFailed(
+                f"TLS certificate of {host} does not match the host name in the URL: {why}; "
+                "use the host name the certificate was issued for, "
+                "or --insecure to skip the check"
+            )
+        if exc.verify_code in _CERT_TIME:
+            return ConnectFailed(
+                f"TLS certificate of {host} is not valid now: {why}; "
+                "check this device's clock (date), or --insecure to skip the check"
+            )
+        return ConnectFailed(
+            f"TLS certificate of {host} is not trusted: {why}; "
+            "use a certificate from a public CA, or --insecure to skip the check"
+        )
+    hint = "is this an rtmps:// port? plain rtmp:// usually listens on 1935, rtmps:// on 443"
+    if isinstance(exc, TimeoutError):
+        return ConnectFailed(f"{where} did not answer TLS within {timeout:g} s; {hint}")
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or str(exc)
+        if reason in _NOT_TLS_REASONS:
+            return ConnectFailed(f"{where} did not answer TLS (it sent something else); {hint}")
+        return ConnectFailed(f"TLS handshake with {where} failed: {reason}")
+    if isinstance(exc, OSError):
+        return ConnectFailed(
+            f"{where} closed the connection during the TLS handshake (did not answer TLS); {hint}"
+        )
+    return ConnectFailed(f"TLS handshake with {where} failed: {exc}")
+
+
 class RtmpPublisher:
     """One publishing session: connect → publish → send media → unpublish."""
 
@@ -55,11 +121,14 @@ class RtmpPublisher:
         timeout: float = 10.0,
         stall_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        insecure: bool = False,
     ) -> None:
+        """``rtmps://`` URLs use TLS: ``ssl_context`` if given, else ``tls_context(insecure)``."""
         self.url = url
         self.timeout = timeout
         self.stall_timeout = stall_timeout
         self._ssl = ssl_context
+        self.insecure = insecure
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._out = ChunkWriter()
@@ -85,34 +154,14 @@ class RtmpPublisher:
 
     async def connect(self) -> None:
         """Open TCP (or TLS), handshake, connect, create the stream and publish."""
-        host, port = self.url.host, self.url.port
         log.info("connecting", url=self.url.redacted)
-        self._phase = "tcp"
-        context = self._ssl
-        if self.url.tls and context is None:
-            context = ssl.create_default_context()
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=context, limit=1 << 20),
-                self.timeout,
-            )
-        except TimeoutError:
-            raise ConnectFailed(
-                f"could not connect to {host}:{port}: no answer within {self.timeout:g} s"
-            ) from None
-        except socket.gaierror:
-            raise ConnectFailed(f"could not connect: unknown host {host!r}") from None
-        except ssl.SSLCertVerificationError as exc:
-            raise ConnectFailed(
-                f"TLS certificate of {host} is not trusted: {exc.verify_message}"
-            ) from None
-        except OSError as exc:
-            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            if exc.errno == errno.ECONNREFUSED:
-                reason += " (is the RTMP server running and listening on this port?)"
-            raise ConnectFailed(f"could not connect to {host}:{port}: {reason}") from None
+        reader, writer = await self._open()
         self._reader, self._writer = reader, writer
-        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        # Over TLS the plain transport below holds its own share (set in _open).
+        tls = writer.get_extra_info("sslcontext") is not None
+        writer.transport.set_write_buffer_limits(
+            high=WRITE_BUFFER_HIGH // 2 if tls else WRITE_BUFFER_HIGH
+        )
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
@@ -157,6 +206,43 @@ class RtmpPublisher:
         await self._wait(self._publish_status, "publish")
         self._phase = "live"
         log.info("published", url=self.url.redacted, stream_id=self.stream_id)
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """TCP, then TLS for rtmps://; both together within ``timeout``, failures ConnectFailed."""
+        host, port = self.url.host, self.url.port
+        context = self._ssl
+        if self.url.tls and context is None:
+            context = tls_context(self.insecure)
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        self._phase = "tcp"
+        try:
+            async with asyncio.timeout_at(deadline):
+                reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+        except TimeoutError:
+            raise ConnectFailed(
+                f"could not connect to {host}:{port}: no answer within {self.timeout:g} s"
+            ) from None
+        except socket.gaierror:
+            raise ConnectFailed(f"could not connect: unknown host {host!r}") from None
+        except OSError as exc:
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            if exc.errno == errno.ECONNREFUSED:
+                reason += " (is the RTMP server running and listening on this port?)"
+            raise ConnectFailed(f"could not connect to {host}:{port}: {reason}") from None
+        if context is None:
+            return reader, writer
+        self._phase = "tls"
+        # TLS keeps a buffer of its own above this one: together about WRITE_BUFFER_HIGH.
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH // 2)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await writer.start_tls(context, server_hostname=host)
+        except BaseException as exc:
+            writer.transport.abort()
+            if isinstance(exc, Exception):  # not a cancellation
+                raise _tls_failure(exc, host, port, self.timeout) from None
+            raise
+        return reader, writer
 
     def abandon(self) -> None:
         """The connection is given up: close() will not try to unpublish on it."""
