@@ -113,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_ranged(int, 0, 1_000_000),
         help="CLI mode: reconnect attempts in a row before giving up (10)",
     )
+    run.add_argument("--record", metavar="DIR", help="also record locally into DIR (MKV segments)")
+    run.add_argument(
+        "--record-minutes",
+        type=_ranged(float, 0.05, 1440, " min"),
+        default=5.0,
+        help="length of a recorded segment (5)",
+    )
+    run.add_argument(
+        "--record-keep",
+        type=_ranged(float, 0.001, 100000, " GB"),
+        metavar="GB",
+        help="remove the oldest segments past this total size",
+    )
     run.add_argument(
         "--insecure",
         action="store_true",
@@ -193,6 +206,9 @@ def settings_from(config: Config, args: argparse.Namespace) -> Settings:
         duration=args.duration,
         service=getattr(args, "service", False),
         insecure=getattr(args, "insecure", False),
+        record_dir=getattr(args, "record", None),
+        record_minutes=getattr(args, "record_minutes", 5.0),
+        record_keep_gb=getattr(args, "record_keep", None),
     )
 
 

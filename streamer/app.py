@@ -69,6 +69,9 @@ class Settings:
     encoder: str = "auto"
     filters: tuple[str, ...] = ()
     insecure: bool = False  # rtmps:// without certificate verification, only when asked
+    record_dir: str | None = None  # local recording while live (segments of record_minutes)
+    record_minutes: float = 5.0
+    record_keep_gb: float | None = None
 
 
 class Streamer:
@@ -121,6 +124,7 @@ class Streamer:
             "reconnects": self.reconnects,
             "encoder": pipeline.video.name if pipeline else "",
             "filters": ",".join(pipeline.filters.names) if pipeline and pipeline.filters else "",
+            "recording": _recording_status(pipeline),
             "filter_ms": round(pipeline.filters.cost_ms, 2)
             if pipeline and pipeline.filters
             else 0.0,
@@ -280,6 +284,8 @@ class Streamer:
         pipeline = self.pipeline
         # A hardware encoder only learns SPS/PPS with its first keyframe.
         video_config = await asyncio.to_thread(ready_config, pipeline.video, 5.0)
+        if self.s.record_dir and pipeline.recorder is None:
+            pipeline.start_recording(video_config, self.s)
         publisher = RtmpPublisher(
             self.s.url,
             timeout=self.s.connect_timeout,
@@ -422,3 +428,10 @@ class Stats:
         self.streamer.fps = round((frames - self._last_frames) / elapsed, 1)
         log.info("stats", **self.streamer.numbers(), elapsed=f"{now - self.started:.0f}s")
         self._last_time, self._last_bytes, self._last_frames = now, sent, frames
+
+
+def _recording_status(pipeline: Pipeline | None) -> str:
+    recorder = pipeline.recorder if pipeline else None
+    if recorder is None:
+        return "off"
+    return f"failed: {recorder.failed}" if recorder.failed else "on"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -29,8 +30,9 @@ from streamer.hardware.base import (
     make_camera,
     make_microphone,
 )
-from streamer.media import Packet
+from streamer.media import Packet, VideoConfig
 from streamer.net.sendqueue import SendQueue
+from streamer.record import Recorder
 
 if TYPE_CHECKING:
     from streamer.app import Settings
@@ -47,6 +49,7 @@ class PacketHandoff:
         self._loop = loop
         self.ready = asyncio.Event()
         self._consumer_waiting = False
+        self.tap: Callable[[list[Packet]], None] | None = None  # the local recorder
 
     def push(self, packets: list[Packet]) -> None:
         """Called from capture threads: never blocks on the network.
@@ -56,6 +59,9 @@ class PacketHandoff:
         """
         if not packets:
             return
+        tap = self.tap
+        if tap is not None:  # recording goes on whatever the network does
+            tap(packets)
         with self._lock:
             for packet in packets:
                 self.queue.push(packet)
@@ -151,6 +157,26 @@ class Pipeline:
         self.audio = AacEncoder(bitrate_kbps=s.audio_bitrate_kbps) if self.microphone else None
         self._camera_name = s.camera
         self.threads: list[CaptureThread] = []
+        self.recorder: Recorder | None = None
+
+    def start_recording(self, video: VideoConfig, s: Settings) -> None:
+        """Record the same packets locally; a recording problem never stops the stream."""
+        assert s.record_dir is not None
+        keep = round(s.record_keep_gb * 1e9) if s.record_keep_gb else None
+        recorder = Recorder(
+            Path(s.record_dir),
+            video,
+            self.audio.config if self.audio else None,
+            segment_seconds=s.record_minutes * 60,
+            keep_bytes=keep,
+        )
+        try:
+            recorder.start()
+        except StreamerError as exc:
+            log.error("recording disabled", reason=exc.message)
+            return
+        self.recorder = recorder
+        self.handoff.tap = recorder.submit
 
     def start(self) -> None:
         try:
@@ -213,6 +239,9 @@ class Pipeline:
             await asyncio.to_thread(self.encoded.stop)
         if self.camera is not None:
             self.camera.close()
+        if self.recorder is not None:
+            self.handoff.tap = None
+            await asyncio.to_thread(self.recorder.stop)
         if self.microphone:
             self.microphone.close()
 
