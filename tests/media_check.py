@@ -6,8 +6,10 @@ exceptions, because FFmpeg conceals many broken frames without raising.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,18 @@ def read_counter(luma: npt.NDArray[np.uint8], height: int) -> int | None:
     return int("".join(digits))
 
 
+@contextlib.contextmanager
+def ffmpeg_log() -> Iterator[list[tuple[int, str, str]]]:
+    """FFmpeg's own log lines while decoding (PyAV passes them on only when a level is set)."""
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.WARNING)
+    try:
+        with av.logging.Capture() as logs:
+            yield logs
+    finally:
+        av.logging.set_level(previous)
+
+
 def _decode(
     container: av.container.InputContainer,
     report: MediaReport,
@@ -66,7 +80,7 @@ def _decode(
     audio_stream = container.streams.audio[0] if container.streams.audio else None
     streams = [s for s in (video, audio_stream) if s is not None]
     report.metadata = dict(container.metadata)
-    with av.logging.Capture() as logs:
+    with ffmpeg_log() as logs:
         for packet in container.demux(*streams):
             if packet.size == 0 or packet.pts is None:
                 continue

@@ -14,6 +14,7 @@ import av
 
 from streamer.localserver import LocalRtmpServer, free_port
 from tests.conftest import LiveCli
+from tests.media_check import ffmpeg_log
 
 
 def decode_segments(directory: Path) -> tuple[list[list[float]], int]:
@@ -22,7 +23,7 @@ def decode_segments(directory: Path) -> tuple[list[list[float]], int]:
     errors = 0
     for path in sorted(directory.glob("*.mkv")):
         times = []
-        with av.logging.Capture() as logs, av.open(str(path)) as container:
+        with ffmpeg_log() as logs, av.open(str(path)) as container:
             for frame in container.decode(video=0):
                 assert frame.pts is not None and frame.time_base is not None
                 times.append(float(frame.pts * frame.time_base))

@@ -270,11 +270,12 @@ def test_accepted_values(
         ),
         (
             "[video]\nframerate = 30\n",
-            "unknown key video.framerate (known: bitrate_kbps, camera, encoder, fps, size)",
+            "unknown key video.framerate "
+            "(known: bitrate_kbps, camera, encoder, filters, fps, size)",
         ),
         (
             "[video.extra]\nx = 1\n",
-            "unknown key video.extra (known: bitrate_kbps, camera, encoder, fps, size)",
+            "unknown key video.extra (known: bitrate_kbps, camera, encoder, filters, fps, size)",
         ),
         (
             "[foo]\nbar = 1\n",

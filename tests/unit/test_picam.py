@@ -20,7 +20,7 @@ import pytest
 from streamer.exc import DeviceError
 from streamer.hardware import picam
 from streamer.hardware.sim import SimCamera, plane_view
-from tests.media_check import read_counter
+from tests.media_check import ffmpeg_log, read_counter
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 W, H, FPS = 328, 184, 30  # 328 is not a multiple of 64: the fake's buffers carry row padding
@@ -107,7 +107,7 @@ def test_encoded_delivers_decodable_h264_at_the_frame_rate(fake: ModuleType) -> 
 
     codec = av.CodecContext.create("h264", "r")
     decoded = []
-    with av.logging.Capture() as logs:
+    with ffmpeg_log() as logs:
         for data, *_ in frames:
             decoded += codec.decode(av.Packet(data))
         decoded += codec.decode(None)
