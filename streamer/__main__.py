@@ -15,7 +15,7 @@ import structlog
 from streamer import log as logsetup
 from streamer.app import Settings, Streamer
 from streamer.config import DEFAULT_PATH, Config, load_config, stream_url, with_overrides
-from streamer.exc import StreamerError
+from streamer.exc import ConfigError, StreamerError
 from streamer.rtmp.url import parse_url
 from streamer.state import ERROR, LIVE, RECONNECTING, mermaid_diagram
 from streamer.systemd import Notifier, watchdog_pings
@@ -151,10 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser(
         "doctor", help="what hardware, encoders and permissions this device has; how to fix it"
     )
+    doctor.add_argument(
+        "--config", type=Path, help=f"the device's settings (default {DEFAULT_PATH})"
+    )
     doctor.add_argument("--url", help="also check that this RTMP server answers a handshake")
-    doctor.add_argument("--camera", default="sim")
-    doctor.add_argument("--microphone", default="sim")
-    doctor.add_argument("--encoder", default="auto")
+    doctor.add_argument("--camera", help="overrides [video] camera")
+    doctor.add_argument("--microphone", help="overrides [audio] microphone")
+    doctor.add_argument("--encoder", help="overrides [video] encoder")
     return parser
 
 
@@ -307,6 +310,32 @@ def run_demo(args: argparse.Namespace) -> None:
     print("demo finished; the local server is stopped and its files removed")
 
 
+def doctor(args: argparse.Namespace) -> int:
+    """Check the pipeline the device is configured for, as `run` would see it."""
+    from streamer.doctor import run_doctor
+
+    problem = None
+    try:
+        config = config_from(args, load_config(args.config))
+    except ConfigError as exc:  # say so, and still check the hardware named by the flags
+        problem = exc.message
+        config = config_from(args, Config())
+    try:
+        url: str | None = stream_url(config)
+    except ConfigError:
+        url = None  # no server configured: the RTMP check is skipped
+    code = run_doctor(
+        url,
+        camera=config.video.camera,
+        microphone=config.audio.microphone,
+        encoder=config.video.encoder,
+    )
+    if problem:
+        print(f"FAIL  {logsetup.redact(problem)}  -> fix: edit the file (firmware/README.md)")
+        return 1
+    return code
+
+
 def run(args: argparse.Namespace) -> None:
     config = config_from(args, load_config(args.config))
     logsetup.configure(config.log.level, config.log.format)
@@ -335,11 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "state-diagram":
             print(mermaid_diagram())
         elif args.command == "doctor":
-            from streamer.doctor import run_doctor
-
-            return run_doctor(
-                args.url, camera=args.camera, microphone=args.microphone, encoder=args.encoder
-            )
+            return doctor(args)
     except StreamerError as exc:
         print(f"streamer: error: {logsetup.redact(exc.message)}", file=sys.stderr)
         return exc.exit_code
