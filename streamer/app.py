@@ -112,6 +112,7 @@ class Streamer:
         """The live numbers, as of the last stats interval for the rates."""
         pipeline = self.pipeline
         counters = pipeline.queue.counters if pipeline else None
+        chain = pipeline.filters if pipeline else None
         return {
             "sent_kbps": self.sent_kbps,
             "fps": self.fps,
@@ -123,11 +124,9 @@ class Streamer:
             "target_kbps": self.bitrate.target_kbps if self.bitrate else self.s.video_bitrate_kbps,
             "reconnects": self.reconnects,
             "encoder": pipeline.video.name if pipeline else "",
-            "filters": ",".join(pipeline.filters.names) if pipeline and pipeline.filters else "",
+            "filters": ",".join(chain.names) if chain else "",
             "recording": _recording_status(pipeline),
-            "filter_ms": round(pipeline.filters.cost_ms, 2)
-            if pipeline and pipeline.filters
-            else 0.0,
+            "filter_ms": round(chain.cost_ms, 2) if chain else 0.0,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -147,18 +146,21 @@ class Streamer:
 
     def healthy(self) -> bool:
         """For the systemd watchdog: the loop runs (it asks) and no capture thread died."""
-        pipeline = self.pipeline
-        return pipeline is None or all(
-            t.is_alive() or t.stopping.is_set() for t in pipeline.threads
-        )
+        try:
+            if self.pipeline is not None:
+                self.pipeline.check()
+        except StreamerError:
+            return False
+        return True
 
     # -- commands (button, status page): called on the event loop ------------
 
     def toggle(self, reason: str) -> None:
-        """Start when idle, stop otherwise."""
-        self._want_running = self.state.state == IDLE
-        log.info("start requested" if self._want_running else "stop requested", by=reason)
-        self._poke()
+        """Start when idle, stop otherwise (the button's short press)."""
+        if self.state.state == IDLE:
+            self.start(reason)
+        else:
+            self.stop(reason)
 
     def start(self, by: str) -> None:
         """Stream (again): from idle, or from an error a person chose to retry now."""

@@ -18,6 +18,3 @@ class MediaClock:
     def to_ms(self, capture_time: float) -> int:
         """Media time of an instant given in monotonic seconds."""
         return round((capture_time - self.origin) * 1000)
-
-    def now_ms(self) -> int:
-        return self.to_ms(time.monotonic())

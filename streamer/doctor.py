@@ -38,6 +38,7 @@ from streamer.encode.select import (
     video_device_names,
 )
 from streamer.exc import StreamerError
+from streamer.hardware.base import split_spec
 from streamer.rtmp.handshake import client_handshake
 from streamer.rtmp.url import REDACTED, RtmpUrl, parse_url
 
@@ -63,11 +64,6 @@ class Finding:
 def _needed(needed: bool) -> Status:
     """A problem is FAIL when the configured pipeline needs the thing, else info."""
     return "FAIL" if needed else "info"
-
-
-def _split(spec: str) -> tuple[str, str | None]:
-    name, _, arg = spec.partition(":")
-    return name.strip().lower(), (arg.strip() or None)
 
 
 def _reason(exc: BaseException) -> str:
@@ -99,7 +95,7 @@ def _quiet_stderr() -> Iterator[None]:
 
 def check_camera(camera: str) -> list[Finding]:
     """The configured camera, then what libcamera and /dev/video* offer."""
-    name, arg = _split(camera)
+    name, arg = split_spec(camera)
     found: list[Finding] = []
     if name == "sim":
         found.append(Finding("ok", "camera sim: simulated test pattern, needs no hardware"))
@@ -230,7 +226,7 @@ def check_video_devices() -> list[Finding]:
 
 
 def check_microphone(microphone: str) -> list[Finding]:
-    name, arg = _split(microphone)
+    name, arg = split_spec(microphone)
     found: list[Finding] = []
     if name == "sim":
         found.append(Finding("ok", "microphone sim: simulated tone, needs no hardware"))
@@ -437,9 +433,9 @@ def check_groups(
 
 def _needed_groups(camera: str, microphone: str, encoder: str) -> set[str]:
     needed = set()
-    if _split(camera)[0] in ("picamera2", "v4l2") or encoder.strip().lower() == "v4l2m2m":
+    if split_spec(camera)[0] in ("picamera2", "v4l2") or encoder.strip().lower() == "v4l2m2m":
         needed.add("video")
-    if _split(microphone)[0] == "alsa":
+    if split_spec(microphone)[0] == "alsa":
         needed.add("audio")
     return needed
 
@@ -554,7 +550,7 @@ def run_doctor(
     if url:
         with contextlib.suppress(Exception):
             secret = parse_url(url).key
-    audio = _split(microphone)[0] != "none"
+    audio = split_spec(microphone)[0] != "none"
     sections: list[tuple[str, Callable[[], list[Finding]]]] = [
         ("camera", lambda: check_camera(camera)),
         ("microphone", lambda: check_microphone(microphone)),

@@ -22,13 +22,15 @@ from streamer.encode.camera import CameraEncoder
 from streamer.encode.filters import FilterChain, parse_filter
 from streamer.encode.h264 import H264Encoder
 from streamer.encode.select import open_h264
-from streamer.exc import ConfigError, DeviceError, StreamerError
+from streamer.exc import DeviceError, StreamerError
 from streamer.hardware.base import (
     AudioSource,
     EncodedVideoSource,
     VideoSource,
+    camera_number,
     make_camera,
     make_microphone,
+    split_spec,
 )
 from streamer.media import Packet, VideoConfig
 from streamer.net.sendqueue import SendQueue
@@ -133,19 +135,19 @@ class Pipeline:
         self.camera: VideoSource | None = None
         self.encoded: EncodedVideoSource | None = None
         self.video: H264Encoder | CameraEncoder
-        name, _, arg = s.camera.partition(":")
+        name, arg = split_spec(s.camera)
         self.filters: FilterChain | None = None
         if s.filters:
             # Filters need raw frames: on picamera2 they force the raw-frame path.
             specs = [parse_filter(spec) for spec in s.filters]
             self.filters = FilterChain(specs, s.width, s.height, s.fps)
         hardware_path = s.encoder != "libx264" and not s.filters
-        if name.strip().lower() == "picamera2" and hardware_path and _pi_hw_encoder():
+        if name == "picamera2" and hardware_path and _pi_hw_encoder():
             # The Pi's hardware encoder behind picamera2: frames arrive encoded.
             from streamer.hardware.picam import PicameraEncoded
 
             source = PicameraEncoded(
-                s.width, s.height, s.fps, s.video_bitrate_kbps, _camera_num(arg)
+                s.width, s.height, s.fps, s.video_bitrate_kbps, camera_number(arg)
             )
             self.encoded = source
             self.video = CameraEncoder(source, self.clock, self.handoff.push, s.video_bitrate_kbps)
@@ -248,13 +250,6 @@ class Pipeline:
     def _join(self) -> None:
         for t in self.threads:
             t.join(timeout=5.0)
-
-
-def _camera_num(arg: str) -> int:
-    try:
-        return int(arg or 0)
-    except ValueError:
-        raise ConfigError(f"camera number must be an integer: picamera2:{arg}") from None
 
 
 def _pi_hw_encoder() -> bool:

@@ -63,9 +63,18 @@ CameraFactory = Callable[[str | None, int, int, float], VideoSource]
 MicrophoneFactory = Callable[[str | None], AudioSource]
 
 
-def _split(spec: str) -> tuple[str, str | None]:
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"v4l2:/dev/video1"`` -> ``("v4l2", "/dev/video1")``; the name case-insensitive."""
     name, _, arg = spec.partition(":")
-    return name.strip().lower(), (arg or None)
+    return name.strip().lower(), (arg.strip() or None)
+
+
+def camera_number(arg: str | None) -> int:
+    """The N of ``picamera2:N``."""
+    try:
+        return int(arg or 0)
+    except ValueError:
+        raise ConfigError(f"camera number must be an integer: picamera2:{arg}") from None
 
 
 def make_camera(spec: str, width: int, height: int, fps: float) -> VideoSource:
@@ -74,10 +83,10 @@ def make_camera(spec: str, width: int, height: int, fps: float) -> VideoSource:
 
     cameras: dict[str, CameraFactory] = {
         "sim": lambda arg, w, h, f: sim.SimCamera(w, h, f, sync=arg == "sync"),
-        "picamera2": lambda arg, w, h, f: picam.PicameraRaw(w, h, f, int(arg or 0)),
+        "picamera2": lambda arg, w, h, f: picam.PicameraRaw(w, h, f, camera_number(arg)),
         "v4l2": lambda arg, w, h, f: v4l2.V4l2Camera(w, h, f, device=arg),
     }
-    name, arg = _split(spec)
+    name, arg = split_spec(spec)
     if name not in cameras:
         raise ConfigError(f"unknown camera {name!r}; available: {', '.join(sorted(cameras))}")
     return cameras[name](arg, width, height, fps)
@@ -91,7 +100,7 @@ def make_microphone(spec: str) -> AudioSource | None:
         "sim": lambda arg: sim.SimMicrophone(sync=arg == "sync"),
         "alsa": lambda arg: alsa.AlsaMicrophone(device=arg or "default"),
     }
-    name, arg = _split(spec)
+    name, arg = split_spec(spec)
     if name == "none":
         return None
     if name not in microphones:

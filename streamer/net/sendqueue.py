@@ -72,10 +72,6 @@ class SendQueue:
         """Media time waiting: how far the oldest queued packet lags the newest captured."""
         return max(self._lag(self._video, Kind.VIDEO), self._lag(self._audio, Kind.AUDIO))
 
-    @property
-    def video_depth_ms(self) -> int:
-        return self._lag(self._video, Kind.VIDEO)
-
     def push(self, packet: Packet) -> None:
         self.counters.queued_packets += 1
         self.counters.queued_bytes += len(packet.data)
