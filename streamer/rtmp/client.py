@@ -135,7 +135,6 @@ class RtmpPublisher:
         self._in = ChunkReader()
         self._read_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
-        self.server_acked: int | None = None  # sequence number of the server's last ack
         self.window = InFlightWindow(min_window=4 * ACK_WINDOW)
         self.acked = asyncio.Event()  # set on every server ack: room to send again
         self._unflushed: list[bytes] = []
@@ -293,6 +292,11 @@ class RtmpPublisher:
 
     def write_video(self, timestamp_ms: int, body: bytes) -> None:
         self._write(Message(msg.CSID_VIDEO, timestamp_ms, msg.VIDEO, self.stream_id, body))
+
+    @property
+    def server_acked(self) -> int | None:
+        """Bytes the server has acknowledged so far (None until it first acks)."""
+        return self.window.acked
 
     def has_room(self) -> bool:
         """Whether more media may be written now without hiding a backlog in buffers."""
@@ -462,8 +466,7 @@ class RtmpPublisher:
                 # against what we sent.
                 sequence = msg.u32(message.payload)
                 acked = self.bytes_sent - ((self.bytes_sent - sequence) % (1 << 32))
-                self.server_acked = max(self.server_acked or 0, acked)
-                self.window.ack(self.server_acked, asyncio.get_running_loop().time())
+                self.window.ack(max(0, acked), asyncio.get_running_loop().time())
                 self.acked.set()
             elif message.type_id == msg.WINDOW_ACK_SIZE:
                 self._ack_window = msg.u32(message.payload)
