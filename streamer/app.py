@@ -379,8 +379,13 @@ class Streamer:
                 return  # nothing is sent before the first keyframe
             self._origin = packet.dts_ms
         ts = packet.dts_ms - self._origin
-        if ts < 0 or ts < self._last_ts[packet.kind]:
-            return
+        if ts < 0:
+            return  # captured before the session's first keyframe
+        # Players and muxers want each track's timestamps strictly rising. A
+        # camera's clock can repeat a millisecond (or, reset, go back): the
+        # frame still goes, a millisecond after the one before, since every
+        # later frame of its GOP needs it.
+        ts = max(ts, self._last_ts[packet.kind] + 1)
         self._last_ts[packet.kind] = ts
         if packet.kind is Kind.VIDEO:
             body = flv.avc_frame(packet.data, packet.keyframe, packet.pts_ms - packet.dts_ms)

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from streamer.hardware.sim import click
+
 RATE = 48000
 CHANNELS = 2
 PERIOD = 1024
@@ -78,9 +80,16 @@ class ToneFifo:
     and ``dropped`` count periods.
     """
 
-    def __init__(self, path: Path, signal: npt.NDArray[np.int16], buffer_periods: int = 4) -> None:
+    def __init__(
+        self,
+        path: Path,
+        signal: npt.NDArray[np.int16],
+        buffer_periods: int = 4,
+        sync: bool = False,
+    ) -> None:
         self.path = path
         self._bytes = signal.tobytes()
+        self.sync = sync  # the sim's sync click at each whole second of the monotonic clock
         self.written = 0
         self.dropped = 0
         self.started_at = 0.0
@@ -120,8 +129,13 @@ class ToneFifo:
             if delay > 0 and self._restart.wait(delay):
                 continue
             start = (k * chunk) % len(self._bytes)
+            data = self._bytes[start : start + chunk]
+            if self.sync:  # this period's first sample was captured a period before now
+                first = base + (k - k0) * PERIOD / RATE
+                period = np.frombuffer(data, np.int16).reshape(-1, CHANNELS)
+                data = click(period, first, RATE).tobytes()
             try:
-                os.write(self._fd, self._bytes[start : start + chunk])  # atomic: one page
+                os.write(self._fd, data)  # atomic: one page
                 self.written += 1
             except BlockingIOError:
                 self.dropped += 1

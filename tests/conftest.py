@@ -41,27 +41,31 @@ class CliResult:
         return self.stdout + self.stderr
 
 
-def start_cli(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "streamer", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
     )
 
 
-def run_cli(*args: str, timeout: float = 60.0) -> CliResult:
-    """Run ``streamer ARGS`` as a user would; the timeout bounds every test."""
-    proc = start_cli(*args)
+def finish_cli(proc: subprocess.Popen[str], timeout: float) -> CliResult:
+    """Wait for a started ``streamer``; the timeout bounds every test."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"streamer {' '.join(args)} did not end within {timeout} s:\n{err[-2000:]}")
+        command = str(proc.args)
+        pytest.fail(f"{command} did not end within {timeout} s:\n{err[-2000:]}")
     return CliResult(proc.returncode, out, err)
+
+
+def run_cli(*args: str, timeout: float = 60.0, env: dict[str, str] | None = None) -> CliResult:
+    """Run ``streamer ARGS`` as a user would."""
+    return finish_cli(start_cli(*args, env=env), timeout)
 
 
 class LiveCli:

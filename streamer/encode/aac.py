@@ -1,7 +1,9 @@
 """AAC-LC through PyAV's native encoder.
 
 Packets are stamped by sample count from the capture time of the first
-period, so audio time advances exactly with the samples captured.
+period, so audio time advances exactly with the samples captured. When a
+source moves its own timestamps (an ALSA device re-anchored to the
+monotonic clock after handing out a backlog), the count follows it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ import numpy.typing as npt
 
 from streamer.exc import DeviceError
 from streamer.media import AudioConfig, Kind, Packet
+
+# A period stamped further than this from where the sample count puts it
+# moves the count's anchor: the source knows when its sound was captured.
+REANCHOR_MS = 5
 
 
 class AacEncoder:
@@ -49,8 +55,9 @@ class AacEncoder:
         """Encode one period of shape (frames, channels); ``None`` flushes."""
         frame = None
         if samples is not None:
-            if self._anchor_ms is None:
-                self._anchor_ms = capture_ms
+            expected = None if self._anchor_ms is None else self._ms(self._samples)
+            if expected is None or abs(capture_ms - expected) > REANCHOR_MS:
+                self._anchor_ms = capture_ms - self._samples * 1000 / self.sample_rate
             # The encoder wants planar float: convert here in one numpy step
             # rather than through a resampler per frame.
             planar = np.ascontiguousarray(samples.T, dtype=np.float32) * (1 / 32768)
@@ -59,9 +66,12 @@ class AacEncoder:
             frame.pts = self._samples
             frame.time_base = Fraction(1, self.sample_rate)
             self._samples += samples.shape[0]
-        anchor = self._anchor_ms or 0.0
         packets = []
         for p in self._cc.encode(frame):
-            ms = round(anchor + (p.pts or 0) * 1000 / self.sample_rate)
+            ms = round(self._ms(p.pts or 0))
             packets.append(Packet(Kind.AUDIO, ms, ms, True, bytes(p)))
         return packets
+
+    def _ms(self, samples: int) -> float:
+        """Media time of the sample at ``samples`` on the count's timeline."""
+        return (self._anchor_ms or 0.0) + samples * 1000 / self.sample_rate

@@ -42,10 +42,21 @@ def digit_masks(scale: int) -> dict[str, npt.NDArray[np.bool_]]:
 
 
 class Pacer:
-    """Sleeps until each period's deadline; if capture fell behind, it skips ahead."""
+    """Paces capture on a fixed grid of instants, like a sensor's frame clock.
 
-    def __init__(self, period: float) -> None:
+    ``wait`` returns the grid instant of the period it waited for, not the
+    moment the thread woke: a real sensor stamps a frame when it was exposed,
+    however late the reader collects it, so a busy machine delays frames but
+    never bunches their timestamps. A camera reader more than a period late
+    has missed periods: with ``skip_missed`` the grid skips them (a sensor
+    drops frames nobody read) instead of bursting to catch up. A sound card
+    keeps every sample in its buffer: without ``skip_missed`` a late reader
+    gets the periods it missed at once.
+    """
+
+    def __init__(self, period: float, skip_missed: bool = True) -> None:
         self.period = period
+        self.skip_missed = skip_missed
         self._next: float | None = None
 
     def wait(self) -> float:
@@ -54,11 +65,41 @@ class Pacer:
             self._next = now
         elif self._next > now:
             time.sleep(self._next - now)
-            now = time.monotonic()
-        elif now - self._next > self.period:
-            self._next = now  # too late: don't burst to catch up
+        elif self.skip_missed and now - self._next >= self.period:
+            self._next += math.floor((now - self._next) / self.period) * self.period
+        instant = self._next
         self._next += self.period
-        return now
+        return instant
+
+
+CLICK_MS = 10  # the sync click's length
+
+
+def flash_weight(captured: float, period: float) -> float:
+    """How much of the sync flash a frame stamped ``captured`` shows (0 to 1).
+
+    The flash is lit for one frame period centred on each whole second, and a
+    frame's exposure spans one period centred on its timestamp, so a flash is
+    shared between the two frames whose exposures cover it: the nearest frame
+    gets most of it, and the light-weighted mean of their times is the second
+    itself. A viewer (and a test) can thus place the flash to the millisecond
+    whatever the frame rate.
+    """
+    distance = abs(captured - round(captured))
+    return max(0.0, 1.0 - distance / period)
+
+
+def click(samples: npt.NDArray[np.int16], first: float, rate: int) -> npt.NDArray[np.int16]:
+    """The sync click: ``samples`` (first one captured at ``first``) with a 2 kHz burst of
+    ``CLICK_MS`` at full scale overwriting those within CLICK_MS after a whole second."""
+    times = first + np.arange(len(samples)) / rate
+    clicking = times - np.floor(times) < CLICK_MS / 1000
+    if not clicking.any():
+        return samples
+    out = samples.copy()
+    sign = np.where(np.arange(len(samples)) % 24 < 12, 1, -1)  # 2 kHz at 48 kHz
+    out[clicking] = (30000 * sign[clicking])[:, None]
+    return out
 
 
 class SimCamera:
@@ -78,8 +119,7 @@ class SimCamera:
 
     def __init__(self, width: int, height: int, fps: float, sync: bool = False) -> None:
         self.width, self.height, self.fps = width, height, fps
-        self.sync = sync  # a white flash on the first frame of every monotonic second
-        self._last_second: int | None = None
+        self.sync = sync  # a white flash centred on every whole monotonic second
         self.frames = 0
         self._pacer = Pacer(1.0 / fps)
         w, h = width, height
@@ -145,12 +185,12 @@ class SimCamera:
         captured = self._pacer.wait()
         frame = av.VideoFrame(self.width, self.height, "yuv420p")
         y, u, v = (plane_view(p) for p in frame.planes)
-        second = math.floor(captured)
-        if self.sync and self._last_second is not None and second != self._last_second:
-            y[:], u[:], v[:] = 235, 128, 128  # the flash
-        else:
-            self.draw(self.frames, y, u, v)
-        self._last_second = second
+        self.draw(self.frames, y, u, v)
+        if self.sync:
+            weight = flash_weight(captured, self._pacer.period)
+            if weight > 0:  # blend towards white: the flash as this frame's exposure saw it
+                for plane, white in ((y, 235), (u, 128), (v, 128)):
+                    plane[:] = (plane * (1 - weight) + white * weight).round().astype(np.uint8)
         self.frames += 1
         return frame, captured
 
@@ -171,10 +211,8 @@ class SimMicrophone:
     Like a sound card, its own sample clock times the samples: the first
     period is stamped from the monotonic clock, every later sample by count.
     In sync mode a click (10 ms at full scale) starts at each whole second of
-    that timeline, the same instants the sim camera flashes at.
+    that timeline: the instants the sim camera's flashes are centred on.
     """
-
-    CLICK_MS = 10
 
     def __init__(
         self,
@@ -193,10 +231,10 @@ class SimMicrophone:
         tone = (0.3 * 32767 * np.sin(2 * math.pi * freq * n / sample_rate)).astype(np.int16)
         self._table = np.repeat(tone[:, None], channels, axis=1)
         self._pos = 0
-        self._pacer = Pacer(period / sample_rate)
+        self._pacer = Pacer(period / sample_rate, skip_missed=False)
 
     def open(self) -> None:
-        self._pacer = Pacer(self.period / self.sample_rate)
+        self._pacer = Pacer(self.period / self.sample_rate, skip_missed=False)
 
     def read(self) -> tuple[npt.NDArray[np.int16], float]:
         now = self._pacer.wait()
@@ -207,22 +245,9 @@ class SimMicrophone:
         self._pos = (self._pos + self.period) % len(self._table)
         samples = self._table[idx]
         if self.sync:
-            samples = self._click(samples, first)
+            samples = click(samples, first, self.sample_rate)
         self._delivered += self.period
         return samples, first
-
-    def _click(self, samples: npt.NDArray[np.int16], first: float) -> npt.NDArray[np.int16]:
-        """Overwrite with a click the samples within CLICK_MS after a whole second."""
-        rate = self.sample_rate
-        times = first + np.arange(len(samples)) / rate
-        since_second = times - np.floor(times)
-        clicking = since_second < self.CLICK_MS / 1000
-        if not clicking.any():
-            return samples
-        out = samples.copy()
-        sign = np.where(np.arange(len(samples)) % 24 < 12, 1, -1)  # a 2 kHz square burst
-        out[clicking] = (30000 * sign[clicking])[:, None]
-        return out
 
     def close(self) -> None:
         pass

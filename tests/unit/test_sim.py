@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from streamer.hardware import sim
 from streamer.hardware.sim import SimCamera, SimMicrophone
 from tests.media_check import dominant_frequency, read_counter
 
@@ -41,3 +43,58 @@ def test_microphone_is_a_continuous_440_hz_stereo_tone() -> None:
     assert abs(dominant_frequency(left, 48000) - 440) < 2
     # no click at period boundaries: the largest step stays a sine's step
     assert np.max(np.abs(np.diff(left))) < 0.3 * 32767 * 2 * np.pi * 440 / 48000 * 1.05
+
+
+def test_frames_are_stamped_on_the_sensor_grid_however_late_they_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fake clock: the reader is late by 20 ms (less than a frame), then by
+    # 75 ms (two frames missed). Stamps stay on the 1/30 s grid, never bunch.
+    clock = {"now": 100.0}
+    monkeypatch.setattr(sim.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(sim.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+    pacer = sim.Pacer(1 / 30)
+    stamps = [pacer.wait()]
+    for late in (0.0, 0.020, 0.0, 0.075, 0.0):
+        clock["now"] += late
+        stamps.append(pacer.wait())
+    frames = [round((t - 100.0) * 30, 6) for t in stamps]
+    assert frames == [0, 1, 2, 3, 5, 6]
+
+
+def test_a_microphone_read_late_gets_every_period_it_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = {"now": 50.0}
+    monkeypatch.setattr(sim.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(sim.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+    mic = SimMicrophone()
+    first = mic.read()[1]
+    clock["now"] += 0.1  # almost five periods late
+    stamps = [mic.read()[1] for _ in range(6)]
+    assert clock["now"] - 50.0 < 0.1 + 2 * 1024 / 48000  # the backlog came at once
+    assert [round((t - first) * 48000) for t in stamps] == [1024 * i for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("fps", [25, 30, 29.97])
+def test_each_flash_is_centred_on_its_second(fps: float) -> None:
+    period = 1 / fps
+    for phase in np.linspace(0, period, 7, endpoint=False):
+        times = [10 + phase + k * period for k in range(-3, 4)]
+        weights = [sim.flash_weight(t, period) for t in times]
+        lit = [(t, w) for t, w in zip(times, weights, strict=True) if w > 1e-9]
+        assert 1 <= len(lit) <= 2
+        assert sum(weights) == pytest.approx(1)  # one frame period of light in all
+        centre = sum(t * w for t, w in lit) / sum(w for _, w in lit)
+        assert centre == pytest.approx(10, abs=1e-9)
+        nearest = min(times, key=lambda t: abs(t - 10))
+        assert max(lit, key=lambda tw: tw[1])[0] == nearest
+
+
+def test_the_sync_click_starts_on_the_second() -> None:
+    rate = 48000
+    first = 99.99  # the period spans the whole second 100
+    out = sim.click(np.zeros((1024, 2), np.int16), first, rate)
+    loud = np.flatnonzero(np.abs(out[:, 0]) > 20000)
+    assert abs(loud[0] - 0.01 * rate) <= 1  # within a sample (float times)
+    assert abs(len(loud) - sim.CLICK_MS * rate // 1000) <= 1
