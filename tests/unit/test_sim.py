@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -51,8 +53,8 @@ def test_frames_are_stamped_on_the_sensor_grid_however_late_they_are_read(
     # A fake clock: the reader is late by 20 ms (less than a frame), then by
     # 75 ms (two frames missed). Stamps stay on the 1/30 s grid, never bunch.
     clock = {"now": 100.0}
-    monkeypatch.setattr(sim.time, "monotonic", lambda: clock["now"])
-    monkeypatch.setattr(sim.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
     pacer = sim.Pacer(1 / 30)
     stamps = [pacer.wait()]
     for late in (0.0, 0.020, 0.0, 0.075, 0.0):
@@ -66,8 +68,8 @@ def test_a_microphone_read_late_gets_every_period_it_missed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = {"now": 50.0}
-    monkeypatch.setattr(sim.time, "monotonic", lambda: clock["now"])
-    monkeypatch.setattr(sim.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
     mic = SimMicrophone()
     first = mic.read()[1]
     clock["now"] += 0.1  # almost five periods late
