@@ -41,6 +41,17 @@ from streamer.exc import DeviceError
 from streamer.media import Kind, Packet, VideoConfig
 
 MS = Fraction(1, 1000)
+# x264 keeps every frame within its VBV buffer. nginx-rtmp drops a publisher
+# on any message over 1 MiB (its default max_message), and a keyframe of a
+# detailed picture fills the buffer: above 6000 kbps the buffer is capped
+# below one second so that the biggest frame still fits (measured: a 1080p
+# keyframe of pure noise at 50000 kbps with a one-second buffer was 1.47 MB).
+MAX_VBV_BITS = 6_000_000
+
+
+def vbv_buffer_bits(bitrate_kbps: int) -> int:
+    """One second of the bitrate, but never more than MAX_VBV_BITS."""
+    return min(bitrate_kbps * 1000, MAX_VBV_BITS)
 
 
 def set_stream_params(
@@ -84,7 +95,7 @@ class H264Encoder:
             "preset": "veryfast",
             "tune": "zerolatency",
             "maxrate": str(bitrate_kbps * 1000),
-            "bufsize": str(bitrate_kbps * 1000),
+            "bufsize": str(vbv_buffer_bits(bitrate_kbps)),
             "forced-idr": "1",
             "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
         }

@@ -172,3 +172,24 @@ def test_request_keyframe_makes_the_next_packet_an_idr(
     assert not enc.keyframe_requested
     frame = av.VideoFrame.from_ndarray(pictures[1], format="yuv420p")
     assert [p.keyframe for p in enc.encode(frame, 1033)] == [False]
+
+
+RTMP_MAX_MESSAGE = 1024 * 1024  # nginx-rtmp's default max_message: larger drops the publisher
+FLV_VIDEO_HEADER = 5  # frame type/codec, AVC packet type, composition time
+
+
+@pytest.mark.parametrize("kbps", [8000, 50000])
+def test_the_biggest_1080p_keyframe_fits_one_rtmp_message(kbps: int) -> None:
+    # Pure noise is the most detailed picture there is: its keyframe fills the VBV buffer.
+    encoder = H264Encoder(1920, 1080, 30, kbps)
+    rng = np.random.default_rng(3)
+    sizes = []
+    for n in range(6):
+        picture = rng.integers(0, 256, (1080 * 3 // 2, 1920), dtype=np.uint8)
+        if n % 3 == 0:
+            encoder.request_keyframe()
+        frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
+        sizes += [(len(p.data), p.keyframe) for p in encoder.encode(frame, n * 33)]
+    biggest = max(size for size, key in sizes if key)
+    print(f"{kbps} kbit/s: biggest keyframe {biggest} bytes")
+    assert biggest + FLV_VIDEO_HEADER < 0.8 * RTMP_MAX_MESSAGE
