@@ -106,12 +106,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--service",
         action="store_true",
-        help="boot-service mode: retry forever, errors retried after a 60 s cooldown",
+        help="boot-service mode: retry forever, errors retried after --error-cooldown",
     )
     run.add_argument(
         "--max-reconnects",
         type=_ranged(int, 0, 1_000_000),
         help="CLI mode: reconnect attempts in a row before giving up (10)",
+    )
+    run.add_argument(
+        "--reconnect-delay",
+        type=_ranged(float, 0.1, 3600, " s"),
+        metavar="SECONDS",
+        help="wait before the first reconnect attempt, doubling after each (1)",
+    )
+    run.add_argument(
+        "--reconnect-max-delay",
+        type=_ranged(float, 0.1, 3600, " s"),
+        metavar="SECONDS",
+        help="the longest wait between reconnect attempts (30)",
+    )
+    run.add_argument(
+        "--error-cooldown",
+        type=_ranged(float, 1, 86400, " s"),
+        metavar="SECONDS",
+        help="service mode: time in error before trying again (60)",
     )
     run.add_argument("--record", metavar="DIR", help="also record locally into DIR (MKV segments)")
     run.add_argument(
@@ -176,6 +194,9 @@ OVERRIDES = {
     "network.min_video_bitrate_kbps": "min_video_bitrate",
     "network.adaptive_bitrate": "adaptive_bitrate",
     "network.max_reconnects": "max_reconnects",
+    "network.reconnect_delay_s": "reconnect_delay",
+    "network.reconnect_max_delay_s": "reconnect_max_delay",
+    "network.error_cooldown_s": "error_cooldown",
     "controls.button": "button",
     "controls.led": "led",
     "status.port": "status_port",
@@ -206,6 +227,9 @@ def settings_from(config: Config, args: argparse.Namespace) -> Settings:
         min_video_bitrate_kbps=n.min_video_bitrate_kbps,
         adaptive_bitrate=n.adaptive_bitrate,
         max_reconnects=n.max_reconnects,
+        reconnect_delay=n.reconnect_delay_s,
+        reconnect_max_delay=n.reconnect_max_delay_s,
+        error_cooldown=n.error_cooldown_s,
         duration=args.duration,
         service=getattr(args, "service", False),
         insecure=getattr(args, "insecure", False),

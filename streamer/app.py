@@ -60,9 +60,11 @@ class Settings:
     duration: float | None = None
     service: bool = False
     max_reconnects: int = 10
+    reconnect_delay: float = 1.0  # seconds before the first reconnect attempt, doubling
+    reconnect_max_delay: float = 30.0  # ... up to this
     connect_timeout: float = 10.0
     stall_timeout: float = 10.0
-    error_cooldown: float = 60.0
+    error_cooldown: float = 60.0  # service mode: seconds in error before trying again
     drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS
     min_video_bitrate_kbps: int = 300
     adaptive_bitrate: bool = True
@@ -80,7 +82,11 @@ class Streamer:
     def __init__(self, settings: Settings, state: DeviceState | None = None) -> None:
         self.s = settings
         self.state = state or DeviceState()
-        self.backoff = Backoff(max_attempts=None if settings.service else settings.max_reconnects)
+        self.backoff = Backoff(
+            initial=settings.reconnect_delay,
+            cap=max(settings.reconnect_max_delay, settings.reconnect_delay),
+            max_attempts=None if settings.service else settings.max_reconnects,
+        )
         self.bitrate = (
             BitrateController(
                 max_kbps=settings.video_bitrate_kbps,

@@ -68,6 +68,9 @@ class NetworkSection:
     min_video_bitrate_kbps: int = 300
     adaptive_bitrate: bool = True
     max_reconnects: int = 10
+    reconnect_delay_s: float = 1.0  # the first reconnect delay; doubles on each attempt
+    reconnect_max_delay_s: float = 30.0  # the longest reconnect delay
+    error_cooldown_s: float = 60.0  # service mode: wait before retrying after an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,7 @@ def _integer(low: int, high: int, note: str = "") -> Check:
     return check
 
 
-def _number(low: int, high: int) -> Check:
+def _number(low: float, high: float) -> Check:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(f"must be a number, got {_show(value)}")
@@ -307,6 +310,9 @@ SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
             "min_video_bitrate_kbps": _integer(50, 50000),
             "adaptive_bitrate": _boolean,
             "max_reconnects": _integer(0, 1_000_000),
+            "reconnect_delay_s": _number(0.1, 3600),
+            "reconnect_max_delay_s": _number(0.1, 3600),
+            "error_cooldown_s": _number(1, 86400),
         },
     ),
     "controls": (ControlsSection, {"button": _pin, "led": _pin}),
@@ -392,8 +398,20 @@ def _build(data: Mapping[str, Any], where: str, path: Path) -> Config:
             values["key_file"] = path.parent.absolute() / key_file  # not the service's cwd
         sections[name] = cls(**values)
     config = Config(**sections, path=path, sources=MappingProxyType(sources))
+    _check_network(config, where)
     _check_stream(config, warn=True)
     return config
+
+
+def _check_network(config: Config, where: str) -> None:
+    """Rules between fields: the first reconnect delay cannot exceed the longest."""
+    n = config.network
+    if n.reconnect_delay_s > n.reconnect_max_delay_s:
+        raise ConfigError(
+            f"{where}: network.reconnect_delay_s = {_show(n.reconnect_delay_s)} is above "
+            f"network.reconnect_max_delay_s = {_show(n.reconnect_max_delay_s)}; "
+            "the first delay cannot be longer than the longest"
+        )
 
 
 def _misplaced(name: str, value: Any) -> str:
@@ -446,6 +464,8 @@ def with_overrides(
         new_sections[section] = replace(getattr(config, section), **values)
         sources.update({f"{section}.{key}": source for key in values})
     result = replace(config, **new_sections, sources=MappingProxyType(sources))
+    if changes.get("network", {}).keys() & {"reconnect_delay_s", "reconnect_max_delay_s"}:
+        _check_network(result, source)
     if stream:
         _check_stream(result, warn=True)
     return result
