@@ -135,14 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--record-minutes",
         type=_ranged(float, 0.05, 1440, " min"),
-        default=5.0,
         help="length of a recorded segment (5)",
     )
     run.add_argument(
         "--record-keep",
-        type=_ranged(float, 0.001, 100000, " GB"),
+        type=_ranged(float, 0, 100000, " GB"),
         metavar="GB",
-        help="remove the oldest segments past this total size",
+        help="remove the oldest segments past this total size (0 = keep all)",
     )
     run.add_argument(
         "--insecure",
@@ -200,6 +199,9 @@ OVERRIDES = {
     "controls.button": "button",
     "controls.led": "led",
     "status.port": "status_port",
+    "record.dir": "record",
+    "record.minutes": "record_minutes",
+    "record.keep_gb": "record_keep",
     "log.level": "log_level",
     "log.format": "log_format",
 }
@@ -211,7 +213,7 @@ def config_from(args: argparse.Namespace, base: Config) -> Config:
 
 
 def settings_from(config: Config, args: argparse.Namespace) -> Settings:
-    v, a, n = config.video, config.audio, config.network
+    v, a, n, r = config.video, config.audio, config.network, config.record
     return Settings(
         url=parse_url(stream_url(config)),
         camera=v.camera,
@@ -233,9 +235,9 @@ def settings_from(config: Config, args: argparse.Namespace) -> Settings:
         duration=args.duration,
         service=getattr(args, "service", False),
         insecure=getattr(args, "insecure", False),
-        record_dir=getattr(args, "record", None),
-        record_minutes=getattr(args, "record_minutes", 5.0),
-        record_keep_gb=getattr(args, "record_keep", None),
+        record_dir=str(r.dir) if r.dir else None,
+        record_minutes=r.minutes,
+        record_keep_gb=r.keep_gb or None,
     )
 
 

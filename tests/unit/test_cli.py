@@ -65,3 +65,15 @@ def test_out_of_range_flags_are_refused(
         build_parser().parse_args(["run", "--url", URL, *flags])
     assert exited.value.code == 2
     assert flags[0] in capsys.readouterr().err
+
+
+def test_recording_comes_from_the_file_and_flags_override_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[record]\ndir = "rec"\nminutes = 2\nkeep_gb = 0\n')
+    from_file = settings_for(config=config)
+    assert from_file.record_dir == str(tmp_path / "rec")
+    assert (from_file.record_minutes, from_file.record_keep_gb) == (2.0, None)  # 0: keep all
+    flags = settings_for("--record", "/srv/rec", "--record-keep", "1.5", config=config)
+    assert flags.record_dir == "/srv/rec"
+    assert (flags.record_minutes, flags.record_keep_gb) == (2.0, 1.5)
+    assert settings_for().record_dir is None  # recording stays off unless asked

@@ -15,6 +15,7 @@ from streamer.config import (
     ControlsSection,
     LogSection,
     NetworkSection,
+    RecordSection,
     StatusSection,
     StreamSection,
     VideoSection,
@@ -56,6 +57,11 @@ led = "GPIO27"
 
 [status]
 port = 0
+
+[record]
+dir = "/var/lib/streamer/rec"
+minutes = 10
+keep_gb = 2.5
 
 [log]
 level = "debug"
@@ -107,6 +113,7 @@ def test_full_file_round_trips_into_the_dataclasses(tmp_path: Path) -> None:
         ),
         controls=ControlsSection(button="GPIO17", led="GPIO27"),
         status=StatusSection(port=0),
+        record=RecordSection(dir=Path("/var/lib/streamer/rec"), minutes=10.0, keep_gb=2.5),
         log=LogSection(level="debug", format="json"),
         path=path,
     )
@@ -138,6 +145,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert c.video == VideoSection("sim", (1280, 720), 30.0, 2500, "auto")
     assert c.audio == AudioSection("sim", 128)
     assert c.network == NetworkSection(700, 300, True, 10, 1.0, 30.0, 60.0)
+    assert c.record == RecordSection(dir=None, minutes=5.0, keep_gb=0.0)  # no recording
 
 
 def test_schema_names_every_dataclass_field() -> None:
@@ -188,6 +196,11 @@ def test_default_path_is_used_when_present(tmp_path: Path, monkeypatch: pytest.M
         ("controls", "button", '"BOARD11"', "BOARD11"),
         ("controls", "led", '"J8:13"', "J8:13"),
         ("log", "format", '"plain"', "plain"),
+        ("record", "dir", '"/media/usb/rec"', Path("/media/usb/rec")),
+        ("record", "dir", '""', None),
+        ("record", "minutes", "0.05", 0.05),
+        ("record", "minutes", "1440", 1440.0),
+        ("record", "keep_gb", "0", 0.0),
     ],
 )
 def test_accepted_values(
@@ -299,6 +312,15 @@ def test_accepted_values(
             '[log]\nformat = "xml"\n',
             'log.format = "xml" is not one of: auto, console, plain, json',
         ),
+        ("[record]\ndir = 1\n", "record.dir must be a string, got 1"),
+        ("[record]\nminutes = 0\n", "record.minutes = 0 is out of range 0.05..1440"),
+        ('[record]\nminutes = "5"\n', 'record.minutes must be a number, got "5"'),
+        (
+            "[record]\nkeep_gb = -1\n",
+            "record.keep_gb = -1 is out of range 0..100000 (0 keeps every segment)",
+        ),
+        ("[record]\nkeep = 1\n", "unknown key record.keep (known: dir, keep_gb, minutes)"),
+        ("dir = 1\n", "dir is outside any section; it belongs under [record]"),
         (
             "[video]\nframerate = 30\n",
             "unknown key video.framerate "
@@ -310,7 +332,8 @@ def test_accepted_values(
         ),
         (
             "[foo]\nbar = 1\n",
-            "unknown section [foo] (known: audio, controls, log, network, status, stream, video)",
+            "unknown section [foo] "
+            "(known: audio, controls, log, network, record, status, stream, video)",
         ),
         ("fps = 30\n", "fps is outside any section; it belongs under [video]"),
         ("video = 30\n", "video must be a section [video], not a single value"),
@@ -594,6 +617,25 @@ def test_bad_override_is_refused_as_command_line(
     assert caught.value.exit_code == 2
     assert caught.value.message.startswith(f"command line: {expected}")
     assert KEY not in caught.value.message
+
+
+def test_relative_record_dir_is_next_to_the_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[record]\ndir = "rec"\n'))
+    assert config.record.dir == tmp_path / "rec"
+
+
+def test_record_flags_beat_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(write(tmp_path, FULL))
+    monkeypatch.chdir(tmp_path)
+    merged = with_overrides(
+        config, {"record.dir": "here", "record.minutes": 1.0, "record.keep_gb": None}
+    )
+    assert merged.record == RecordSection(dir=tmp_path / "here", minutes=1.0, keep_gb=2.5)
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(config, {"record.minutes": 2000.0})
+    assert (
+        caught.value.message == "command line: record.minutes = 2000.0 is out of range 0.05..1440"
+    )
 
 
 def test_reconnect_delays_are_checked_together_wherever_they_come_from(tmp_path: Path) -> None:

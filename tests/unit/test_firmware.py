@@ -39,6 +39,7 @@ SCHEMA: dict[str, set[str]] = {
     },
     "controls": {"button", "led"},
     "status": {"port"},
+    "record": {"dir", "minutes", "keep_gb"},
     "log": {"level", "format"},
 }
 
@@ -165,6 +166,7 @@ def test_config_parses_and_follows_the_schema() -> None:
     }
     assert config["controls"] == {"button": "GPIO17", "led": "GPIO27"}
     assert config["status"] == {"port": 8089}
+    assert config["record"] == {"dir": "", "minutes": 5, "keep_gb": 4}  # off until a dir is set
     assert config["log"] == {"level": "info", "format": "auto"}
 
 
