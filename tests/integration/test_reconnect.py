@@ -10,6 +10,8 @@ import time
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from streamer.localserver import LocalRtmpServer, free_port
 from tests.conftest import LiveCli, run_cli
 from tests.media_check import analyze_file
@@ -27,6 +29,7 @@ def _assert_clean_recording(server: LocalRtmpServer) -> None:
         assert all(b > a for a, b in itertools.pairwise(track))
 
 
+@pytest.mark.slow
 def test_server_restarts_three_times_without_restarting_the_process() -> None:
     port = free_port()
     servers = [LocalRtmpServer(port=port)]
@@ -59,6 +62,7 @@ def test_server_restarts_three_times_without_restarting_the_process() -> None:
             server.remove()
 
 
+@pytest.mark.slow
 def test_black_hole_is_detected_and_the_stream_comes_back(rtmp_server: LocalRtmpServer) -> None:
     proxy = ThrottleProxy(rtmp_server.port)
     proxy.start()
@@ -148,6 +152,7 @@ def _logged_at(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["timestamp"]).timestamp()
 
 
+@pytest.mark.slow
 def test_server_that_says_nothing_times_out() -> None:
     port = free_port()
     ready = threading.Event()

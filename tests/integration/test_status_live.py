@@ -57,6 +57,7 @@ def command(base: str, path: str) -> None:
 CLEAN = {"dropped": 0, "dropped_video": 0, "dropped_audio": 0}
 
 
+@pytest.mark.slow
 def test_status_and_metrics_follow_the_stream_and_stop_stops_it(
     rtmp_server: LocalRtmpServer,
 ) -> None:
