@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup apt demo test lint bench clean
+.PHONY: setup apt demo test test-fast lint bench clean
 
 setup: apt $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/streamer demo
 
+# Everything, as CI runs it; the 15 slowest tests are listed at the end.
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The quick round while working: all but the tests marked slow (over ~5 s each).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check streamer tests bench

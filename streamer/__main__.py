@@ -106,25 +106,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--service",
         action="store_true",
-        help="boot-service mode: retry forever, errors retried after a 60 s cooldown",
+        help="boot-service mode: retry forever, errors retried after --error-cooldown",
     )
     run.add_argument(
         "--max-reconnects",
         type=_ranged(int, 0, 1_000_000),
         help="CLI mode: reconnect attempts in a row before giving up (10)",
     )
+    run.add_argument(
+        "--reconnect-delay",
+        type=_ranged(float, 0.1, 3600, " s"),
+        metavar="SECONDS",
+        help="wait before the first reconnect attempt, doubling after each (1)",
+    )
+    run.add_argument(
+        "--reconnect-max-delay",
+        type=_ranged(float, 0.1, 3600, " s"),
+        metavar="SECONDS",
+        help="the longest wait between reconnect attempts (30)",
+    )
+    run.add_argument(
+        "--error-cooldown",
+        type=_ranged(float, 1, 86400, " s"),
+        metavar="SECONDS",
+        help="service mode: time in error before trying again (60)",
+    )
     run.add_argument("--record", metavar="DIR", help="also record locally into DIR (MKV segments)")
     run.add_argument(
         "--record-minutes",
         type=_ranged(float, 0.05, 1440, " min"),
-        default=5.0,
         help="length of a recorded segment (5)",
     )
     run.add_argument(
         "--record-keep",
-        type=_ranged(float, 0.001, 100000, " GB"),
+        type=_ranged(float, 0, 100000, " GB"),
         metavar="GB",
-        help="remove the oldest segments past this total size",
+        help="remove the oldest segments past this total size (0 = keep all)",
     )
     run.add_argument(
         "--insecure",
@@ -176,9 +193,15 @@ OVERRIDES = {
     "network.min_video_bitrate_kbps": "min_video_bitrate",
     "network.adaptive_bitrate": "adaptive_bitrate",
     "network.max_reconnects": "max_reconnects",
+    "network.reconnect_delay_s": "reconnect_delay",
+    "network.reconnect_max_delay_s": "reconnect_max_delay",
+    "network.error_cooldown_s": "error_cooldown",
     "controls.button": "button",
     "controls.led": "led",
     "status.port": "status_port",
+    "record.dir": "record",
+    "record.minutes": "record_minutes",
+    "record.keep_gb": "record_keep",
     "log.level": "log_level",
     "log.format": "log_format",
 }
@@ -190,7 +213,7 @@ def config_from(args: argparse.Namespace, base: Config) -> Config:
 
 
 def settings_from(config: Config, args: argparse.Namespace) -> Settings:
-    v, a, n = config.video, config.audio, config.network
+    v, a, n, r = config.video, config.audio, config.network, config.record
     return Settings(
         url=parse_url(stream_url(config)),
         camera=v.camera,
@@ -206,12 +229,15 @@ def settings_from(config: Config, args: argparse.Namespace) -> Settings:
         min_video_bitrate_kbps=n.min_video_bitrate_kbps,
         adaptive_bitrate=n.adaptive_bitrate,
         max_reconnects=n.max_reconnects,
+        reconnect_delay=n.reconnect_delay_s,
+        reconnect_max_delay=n.reconnect_max_delay_s,
+        error_cooldown=n.error_cooldown_s,
         duration=args.duration,
         service=getattr(args, "service", False),
         insecure=getattr(args, "insecure", False),
-        record_dir=getattr(args, "record", None),
-        record_minutes=getattr(args, "record_minutes", 5.0),
-        record_keep_gb=getattr(args, "record_keep", None),
+        record_dir=str(r.dir) if r.dir else None,
+        record_minutes=r.minutes,
+        record_keep_gb=r.keep_gb or None,
     )
 
 

@@ -32,11 +32,11 @@ from streamer.exc import (
 from streamer.media import Kind, Packet
 from streamer.net.backoff import Backoff
 from streamer.net.bitrate import BitrateController
-from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS
+from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS, QueueCounters
 from streamer.pipeline import Pipeline
 from streamer.rtmp.client import RtmpPublisher
 from streamer.rtmp.url import RtmpUrl
-from streamer.state import ERROR, IDLE, LIVE, DeviceState
+from streamer.state import ERROR, IDLE, LIVE, RECONNECTING, DeviceState
 
 log = structlog.get_logger("streamer")
 
@@ -60,9 +60,11 @@ class Settings:
     duration: float | None = None
     service: bool = False
     max_reconnects: int = 10
+    reconnect_delay: float = 1.0  # seconds before the first reconnect attempt, doubling
+    reconnect_max_delay: float = 30.0  # ... up to this
     connect_timeout: float = 10.0
     stall_timeout: float = 10.0
-    error_cooldown: float = 60.0
+    error_cooldown: float = 60.0  # service mode: seconds in error before trying again
     drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS
     min_video_bitrate_kbps: int = 300
     adaptive_bitrate: bool = True
@@ -80,7 +82,11 @@ class Streamer:
     def __init__(self, settings: Settings, state: DeviceState | None = None) -> None:
         self.s = settings
         self.state = state or DeviceState()
-        self.backoff = Backoff(max_attempts=None if settings.service else settings.max_reconnects)
+        self.backoff = Backoff(
+            initial=settings.reconnect_delay,
+            cap=max(settings.reconnect_max_delay, settings.reconnect_delay),
+            max_attempts=None if settings.service else settings.max_reconnects,
+        )
         self.bitrate = (
             BitrateController(
                 max_kbps=settings.video_bitrate_kbps,
@@ -92,6 +98,9 @@ class Streamer:
         )
         self.pipeline: Pipeline | None = None
         self.publisher: RtmpPublisher | None = None
+        # Counters for the life of the process: a stop/start makes a new
+        # pipeline and send queue but never sets them back (Prometheus counters).
+        self.counters = QueueCounters()
         self.reconnects = 0
         self.video_packets_sent = 0
         self.started = time.monotonic()
@@ -109,18 +118,24 @@ class Streamer:
     # -- what it is doing: stats line, /status, /metrics ----------------------
 
     def numbers(self) -> dict[str, Any]:
-        """The live numbers, as of the last stats interval for the rates."""
+        """The live numbers: rates as of the last stats interval, counters since the process began.
+
+        ``dropped*`` is what the link could not carry while live; what was
+        captured with no session to send it to (connecting, reconnecting,
+        before a session's first keyframe) is ``discarded_offline``.
+        """
         pipeline = self.pipeline
-        counters = pipeline.queue.counters if pipeline else None
+        counters = self.counters
         chain = pipeline.filters if pipeline else None
         return {
             "sent_kbps": self.sent_kbps,
             "fps": self.fps,
             "queue_ms": pipeline.queue.depth_ms if pipeline else 0,
-            "dropped": counters.dropped_total if counters else 0,
-            "dropped_video": counters.dropped(Kind.VIDEO) if counters else 0,
-            "dropped_audio": counters.dropped(Kind.AUDIO) if counters else 0,
-            "keyframes_requested": counters.keyframes_requested if counters else 0,
+            "dropped": counters.dropped_total,
+            "dropped_video": counters.dropped(Kind.VIDEO),
+            "dropped_audio": counters.dropped(Kind.AUDIO),
+            "discarded_offline": counters.discarded_offline,
+            "keyframes_requested": counters.keyframes_requested,
             "target_kbps": self.bitrate.target_kbps if self.bitrate else self.s.video_bitrate_kbps,
             "reconnects": self.reconnects,
             "encoder": pipeline.video.name if pipeline else "",
@@ -280,7 +295,7 @@ class Streamer:
         """Prepare if needed, connect, publish, stream. True when the duration is over."""
         loop = asyncio.get_running_loop()
         if self.pipeline is None:
-            pipeline = Pipeline(self.s, loop)
+            pipeline = Pipeline(self.s, loop, self.counters)
             self.pipeline = pipeline
             pipeline.start()
         pipeline = self.pipeline
@@ -306,7 +321,7 @@ class Streamer:
         self._origin = None
         self._last_ts = {Kind.VIDEO: -1, Kind.AUDIO: -1}
         pipeline.handoff.go_online("new_session")
-        if self._been_live:
+        if self.state.state == RECONNECTING:  # not a stop/start by a person
             self.reconnects += 1
         self._been_live = True
         self.state.fire("published", f"publishing to {self.s.url.redacted}")

@@ -68,6 +68,9 @@ class NetworkSection:
     min_video_bitrate_kbps: int = 300
     adaptive_bitrate: bool = True
     max_reconnects: int = 10
+    reconnect_delay_s: float = 1.0  # the first reconnect delay; doubles on each attempt
+    reconnect_max_delay_s: float = 30.0  # the longest reconnect delay
+    error_cooldown_s: float = 60.0  # service mode: wait before retrying after an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,13 @@ class ControlsSection:
 @dataclass(frozen=True, slots=True)
 class StatusSection:
     port: int = 8089  # 0 = no status page
+
+
+@dataclass(frozen=True, slots=True)
+class RecordSection:
+    dir: Path | None = None  # None = no recording; relative paths are next to the config file
+    minutes: float = 5.0  # length of one segment
+    keep_gb: float = 0.0  # remove the oldest segments past this total; 0 = keep them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +116,7 @@ class Config:
     network: NetworkSection = field(default_factory=NetworkSection)
     controls: ControlsSection = field(default_factory=ControlsSection)
     status: StatusSection = field(default_factory=StatusSection)
+    record: RecordSection = field(default_factory=RecordSection)
     log: LogSection = field(default_factory=LogSection)
     path: Path | None = None
     sources: Mapping[str, str] = field(default_factory=_no_sources, compare=False, repr=False)
@@ -153,12 +164,12 @@ def _integer(low: int, high: int, note: str = "") -> Check:
     return check
 
 
-def _number(low: int, high: int) -> Check:
+def _number(low: float, high: float, note: str = "") -> Check:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(f"must be a number, got {_show(value)}")
         if not low <= value <= high:  # also refuses nan
-            raise _Invalid(f"= {_show(value)} is out of range {low}..{high}")
+            raise _Invalid(f"= {_show(value)} is out of range {low}..{high}{note}")
         return float(value)
 
     return check
@@ -255,7 +266,8 @@ def _url(value: Any) -> str | None:
     return value.strip() or None
 
 
-def _key_file(value: Any) -> Path | None:
+def _path(value: Any) -> Path | None:
+    """A file or directory name; "" means none."""
     if isinstance(value, Path):
         return value
     text = _string(value).strip()
@@ -287,7 +299,7 @@ def _filters(value: Any) -> tuple[str, ...]:
 
 # section -> (dataclass, key -> rule); keys are the dataclass's fields.
 SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
-    "stream": (StreamSection, {"url": _url, "key_file": _key_file}),
+    "stream": (StreamSection, {"url": _url, "key_file": _path}),
     "video": (
         VideoSection,
         {
@@ -307,10 +319,21 @@ SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
             "min_video_bitrate_kbps": _integer(50, 50000),
             "adaptive_bitrate": _boolean,
             "max_reconnects": _integer(0, 1_000_000),
+            "reconnect_delay_s": _number(0.1, 3600),
+            "reconnect_max_delay_s": _number(0.1, 3600),
+            "error_cooldown_s": _number(1, 86400),
         },
     ),
     "controls": (ControlsSection, {"button": _pin, "led": _pin}),
     "status": (StatusSection, {"port": _integer(0, 65535, " (0 disables the status page)")}),
+    "record": (
+        RecordSection,
+        {
+            "dir": _path,
+            "minutes": _number(0.05, 1440),
+            "keep_gb": _number(0, 100000, " (0 keeps every segment)"),
+        },
+    ),
     "log": (
         LogSection,
         {
@@ -387,13 +410,26 @@ def _build(data: Mapping[str, Any], where: str, path: Path) -> Config:
             except _Invalid as exc:
                 raise ConfigError(f"{where}: {name}.{key} {exc}") from None
             sources[f"{name}.{key}"] = where
-        key_file = values.get("key_file")
-        if name == "stream" and key_file is not None and not key_file.is_absolute():
-            values["key_file"] = path.parent.absolute() / key_file  # not the service's cwd
+        for key in ("key_file", "dir"):
+            named = values.get(key)
+            if isinstance(named, Path) and not named.is_absolute():
+                values[key] = path.parent.absolute() / named  # not the service's cwd
         sections[name] = cls(**values)
     config = Config(**sections, path=path, sources=MappingProxyType(sources))
+    _check_network(config, where)
     _check_stream(config, warn=True)
     return config
+
+
+def _check_network(config: Config, where: str) -> None:
+    """Rules between fields: the first reconnect delay cannot exceed the longest."""
+    n = config.network
+    if n.reconnect_delay_s > n.reconnect_max_delay_s:
+        raise ConfigError(
+            f"{where}: network.reconnect_delay_s = {_show(n.reconnect_delay_s)} is above "
+            f"network.reconnect_max_delay_s = {_show(n.reconnect_max_delay_s)}; "
+            "the first delay cannot be longer than the longest"
+        )
 
 
 def _misplaced(name: str, value: Any) -> str:
@@ -432,7 +468,7 @@ def with_overrides(
             checked = check(value)
         except _Invalid as exc:
             raise ConfigError(f"{source}: {dotted} {exc}") from None
-        if dotted == "stream.key_file" and checked is not None:
+        if dotted in ("stream.key_file", "record.dir") and checked is not None:
             checked = checked.absolute()
         changes.setdefault(section, {})[key] = checked
     if not changes:
@@ -446,6 +482,8 @@ def with_overrides(
         new_sections[section] = replace(getattr(config, section), **values)
         sources.update({f"{section}.{key}": source for key in values})
     result = replace(config, **new_sections, sources=MappingProxyType(sources))
+    if changes.get("network", {}).keys() & {"reconnect_delay_s", "reconnect_max_delay_s"}:
+        _check_network(result, source)
     if stream:
         _check_stream(result, warn=True)
     return result

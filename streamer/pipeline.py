@@ -33,7 +33,7 @@ from streamer.hardware.base import (
     split_spec,
 )
 from streamer.media import Packet, VideoConfig
-from streamer.net.sendqueue import SendQueue
+from streamer.net.sendqueue import QueueCounters, Reason, SendQueue
 from streamer.record import Recorder
 
 if TYPE_CHECKING:
@@ -86,13 +86,13 @@ class PacketHandoff:
             wanted, self.queue.keyframe_wanted = self.queue.keyframe_wanted, False
             return wanted
 
-    def go_online(self, reason: str) -> None:
+    def go_online(self, reason: Reason) -> None:
         """A new session: flush the backlog, start at a fresh keyframe."""
         with self._lock:
             self.queue.restart(reason)
             self.queue.offline = False
 
-    def go_offline(self, reason: str) -> None:
+    def go_offline(self, reason: Reason) -> None:
         """No connection: capture goes on, packets are dropped instead of piling up."""
         with self._lock:
             self.queue.offline = True
@@ -125,11 +125,19 @@ class CaptureThread(threading.Thread):
 
 
 class Pipeline:
-    """Hardware, encoders and capture threads: up from preparing until idle or error."""
+    """Hardware, encoders and capture threads: up from preparing until idle or error.
 
-    def __init__(self, s: Settings, loop: asyncio.AbstractEventLoop) -> None:
+    ``counters`` outlive the pipeline: the Streamer keeps one for the process.
+    """
+
+    def __init__(
+        self,
+        s: Settings,
+        loop: asyncio.AbstractEventLoop,
+        counters: QueueCounters | None = None,
+    ) -> None:
         self.clock = MediaClock()
-        self.queue = SendQueue(drop_threshold_ms=s.drop_threshold_ms)
+        self.queue = SendQueue(drop_threshold_ms=s.drop_threshold_ms, counters=counters)
         self.queue.offline = True
         self.handoff = PacketHandoff(self.queue, loop)
         self.camera: VideoSource | None = None

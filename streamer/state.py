@@ -1,9 +1,10 @@
 """The device's state machine, declared as data and driven by the transitions library.
 
 One table says what may happen; everything else (the lifecycle in app.py,
-the LED, the logs, later /status and sd_notify) reads the current state,
-its reason and since when from here. Triggers are queued: a callback that
-fires another trigger never re-enters a transition half way through.
+the LED, the logs, /status and sd_notify) reads the current state, its
+reason and since when from here (docs/design.md "States and transitions").
+Triggers are queued: a callback that fires another trigger never re-enters
+a transition half way through.
 """
 
 from __future__ import annotations

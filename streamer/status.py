@@ -124,9 +124,15 @@ class SnapshotCollector(Collector):
         info.add_metric([str(snap.get("encoder") or ""), str(snap.get("resolution") or "")], 1.0)
         yield info
 
+        # Counters run for the life of the process: a stop/start never sets them back.
         counters = (
             ("streamer_frames_sent", "Video frames sent to the server", "frames_sent"),
             ("streamer_reconnects", "Reconnections after a lost connection", "reconnects"),
+            (
+                "streamer_discarded_offline",
+                "Packets captured with no session to send them to (connecting, reconnecting)",
+                "discarded_offline",
+            ),
         )
         for name, text, key in counters:
             value = _number(snap, key)
@@ -134,7 +140,9 @@ class SnapshotCollector(Collector):
                 yield CounterMetricFamily(name, text, value=value)
 
         dropped = CounterMetricFamily(
-            "streamer_dropped", "Packets dropped from the send queue", labels=["kind"]
+            "streamer_dropped",
+            "Packets dropped from the send queue because the link could not carry them",
+            labels=["kind"],
         )
         for kind in ("video", "audio"):
             value = _number(snap, f"dropped_{kind}")
@@ -173,6 +181,7 @@ FIELDS: Final[tuple[tuple[str, str, str], ...]] = (
     ("dropped", "Dropped", "int"),
     ("dropped_video", "Dropped video", "int"),
     ("dropped_audio", "Dropped audio", "int"),
+    ("discarded_offline", "Discarded offline", "int"),
     ("reconnects", "Reconnects", "int"),
     ("url", "Server", "text"),
 )

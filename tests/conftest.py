@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,20 +96,30 @@ class LiveCli:
 
     def wait_for_state(self, transition: str, timeout: float, after: int = 0) -> dict[str, Any]:
         """The first 'state' event with this transition (``'live -> reconnecting'``)."""
+        return self._wait_for(
+            lambda e: e.get("event") == "state" and e.get("transition") == transition,
+            f"'{transition}'",
+            timeout,
+            after,
+        )
+
+    def wait_for_event(self, event: str, timeout: float, after: int = 0) -> dict[str, Any]:
+        """The first log line whose event is ``event`` (``'retrying after cooldown'``)."""
+        return self._wait_for(lambda e: e.get("event") == event, f"event '{event}'", timeout, after)
+
+    def _wait_for(
+        self, match: Callable[[dict[str, Any]], bool], what: str, timeout: float, after: int
+    ) -> dict[str, Any]:
         end = time.monotonic() + timeout
         with self._cond:
             while True:
-                found = [
-                    e
-                    for e in self.events[after:]
-                    if e.get("event") == "state" and e.get("transition") == transition
-                ]
+                found = [e for e in self.events[after:] if match(e)]
                 if found:
                     return found[0]
                 left = end - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
                     pytest.fail(
-                        f"no '{transition}' within {timeout} s; transitions: "
+                        f"no {what} within {timeout} s; transitions: "
                         f"{self.transitions()}\n{''.join(self.lines[-20:])}"
                     )
                 self._cond.wait(min(left, 0.2))

@@ -4,7 +4,7 @@ Pure policy (no I/O, no sleeping, no clock reads): the caller passes `now`
 (monotonic seconds) and sleeps on the returned delay itself; randomness comes
 from an injected `random.Random` so tests can seed it.
 
-Semantics (design.md "Reconnect"):
+Semantics (docs/design.md "Reconnect, backoff, stalls"):
 
 - Delays grow 1 s, 2 s, 4 s, ... (``initial * factor**attempts``) up to `cap`.
 - Each delay is jittered uniformly within ±`jitter` of its base so that many

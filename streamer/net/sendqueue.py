@@ -4,35 +4,74 @@ Pure policy (no I/O, no locks, no clock of its own). Capture threads push,
 the publisher pops; whatever the link cannot carry is dropped here, never a
 frame whose reference is gone: video is only ever cut up to a keyframe, and
 after a cut every new non-keyframe is dropped until the next keyframe.
+Every packet that leaves unsent is counted with its reason, so that a drop
+(the link could not carry it) is never confused with a discard (there was
+no session to send it to).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Final, Literal, get_args
 
 from streamer.media import Kind, Packet
 
 DEFAULT_DROP_THRESHOLD_MS = 700
 DEFAULT_HARD_LIMIT_MS = 2000
 
+# Why a packet left the queue without being sent.
+Reason = Literal[
+    # The link could not carry it: drops a person watching the numbers should worry about.
+    "congestion",  # the oldest GOP's predicted frames, above the drop threshold
+    "hard_limit",  # everything before the newest keyframe (or audio), above the hard limit
+    "awaiting_keyframe",  # predicted frames after such a cut, until the next keyframe
+    "connection_lost",  # the backlog of a connection that broke
+    # No session to send it to: by design, not a loss on the link.
+    "offline",  # captured while not connected (connecting, reconnecting)
+    "new_session",  # a backlog flushed when a session starts
+    "session_start",  # predicted frames before a session's first keyframe
+]
+DROP_REASONS: Final[frozenset[Reason]] = frozenset(
+    {"congestion", "hard_limit", "awaiting_keyframe", "connection_lost"}
+)
+OFFLINE_REASONS: Final[frozenset[Reason]] = frozenset(get_args(Reason)) - DROP_REASONS
+
 
 @dataclass
 class QueueCounters:
+    """What went through a send queue, and what did not and why.
+
+    Only ever grows. The Streamer hands one instance to every queue it makes,
+    so the numbers last for the life of the process (Prometheus counters),
+    not for one start.
+    """
+
     queued_packets: int = 0
     queued_bytes: int = 0
     sent_packets: int = 0
     sent_bytes: int = 0
-    dropped_packets: Counter[tuple[str, str]] = field(default_factory=Counter)
-    dropped_bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    removed_packets: Counter[tuple[str, Reason]] = field(default_factory=Counter)
+    removed_bytes: Counter[tuple[str, Reason]] = field(default_factory=Counter)
     keyframes_requested: int = 0
+
+    def _removed(self, reasons: frozenset[Reason], kind: Kind | None = None) -> int:
+        # list() copies in one C call: a capture thread may add a key meanwhile.
+        items = list(self.removed_packets.items())
+        return sum(n for (k, r), n in items if r in reasons and kind in (None, k))
 
     @property
     def dropped_total(self) -> int:
-        return sum(self.dropped_packets.values())
+        """Packets dropped because the link could not carry them."""
+        return self._removed(DROP_REASONS)
 
     def dropped(self, kind: Kind) -> int:
-        return sum(n for (k, _), n in self.dropped_packets.items() if k == kind.value)
+        return self._removed(DROP_REASONS, kind)
+
+    @property
+    def discarded_offline(self) -> int:
+        """Packets captured with no session to send them to (not a link problem)."""
+        return self._removed(OFFLINE_REASONS)
 
 
 class SendQueue:
@@ -50,14 +89,16 @@ class SendQueue:
         self,
         drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS,
         hard_limit_ms: int = DEFAULT_HARD_LIMIT_MS,
+        counters: QueueCounters | None = None,
     ) -> None:
         self.drop_threshold_ms = drop_threshold_ms
         self.hard_limit_ms = max(hard_limit_ms, drop_threshold_ms)
-        self.counters = QueueCounters()
+        self.counters = counters if counters is not None else QueueCounters()
         self._video: deque[Packet] = deque()
         self._audio: deque[Packet] = deque()
         self._newest = {Kind.VIDEO: 0, Kind.AUDIO: 0}
-        self._awaiting_keyframe = False
+        # While set, predicted frames are dropped for this reason until a keyframe comes.
+        self._awaiting_keyframe: Reason | None = None
         self.keyframe_wanted = False
         self.offline = False  # no connection: nothing is kept (it would be flushed anyway)
 
@@ -87,9 +128,9 @@ class SendQueue:
                 self._drop(self._audio.popleft(), "hard_limit")
             return
         if self._awaiting_keyframe and not packet.keyframe:
-            self._drop(packet, "awaiting_keyframe")
+            self._drop(packet, self._awaiting_keyframe)
         else:
-            self._awaiting_keyframe = False
+            self._awaiting_keyframe = None
             self._video.append(packet)
         # Time moves on even for a dropped frame: what still waits may now lag too much.
         lag = self._lag(self._video, Kind.VIDEO)
@@ -111,7 +152,7 @@ class SendQueue:
             self._drop(packet, "congestion")
         self._video = deque(packets[:first] + packets[end:])
         if resume is None:
-            self._request_keyframe()
+            self._request_keyframe("awaiting_keyframe")
 
     def _cut_video(self) -> None:
         """Drop queued video up to the newest keyframe; if even that lags too much, all of it."""
@@ -123,12 +164,12 @@ class SendQueue:
         if self._lag(self._video, Kind.VIDEO) > self.hard_limit_ms:
             while self._video:
                 self._drop(self._video.popleft(), "hard_limit")
-            self._request_keyframe()
+            self._request_keyframe("awaiting_keyframe")
 
-    def _drop(self, packet: Packet, reason: str) -> None:
+    def _drop(self, packet: Packet, reason: Reason) -> None:
         key = (packet.kind.value, reason)
-        self.counters.dropped_packets[key] += 1
-        self.counters.dropped_bytes[key] += len(packet.data)
+        self.counters.removed_packets[key] += 1
+        self.counters.removed_bytes[key] += len(packet.data)
 
     def pop(self) -> Packet | None:
         """The oldest packet across both tracks, or None when empty."""
@@ -142,19 +183,19 @@ class SendQueue:
         self.counters.sent_bytes += len(packet.data)
         return packet
 
-    def clear(self, reason: str) -> None:
+    def clear(self, reason: Reason) -> None:
         """Drop everything (e.g. the backlog of a lost connection)."""
         while self._video:
             self._drop(self._video.popleft(), reason)
         while self._audio:
             self._drop(self._audio.popleft(), reason)
 
-    def restart(self, reason: str) -> None:
+    def restart(self, reason: Reason) -> None:
         """A new session: drop the backlog and start video again at a fresh keyframe."""
         self.clear(reason)
-        self._request_keyframe()
+        self._request_keyframe("session_start")
 
-    def _request_keyframe(self) -> None:
-        self._awaiting_keyframe = True
+    def _request_keyframe(self, reason: Reason) -> None:
+        self._awaiting_keyframe = reason
         self.keyframe_wanted = True
         self.counters.keyframes_requested += 1

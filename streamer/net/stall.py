@@ -3,8 +3,8 @@
 A TCP connection can stay "up" while carrying nothing: the peer stops reading,
 the kernel send buffer fills and every write would block. Without a deadline
 the publisher would sit there forever, so a link that accepts no bytes for
-`timeout` seconds while we have data waiting counts as lost (design.md
-"Reconnect": no bytes accepted for 10 s).
+`timeout` seconds while we have data waiting counts as lost (docs/design.md
+"Reconnect, backoff, stalls": nothing accepted for 10 s).
 
 Pure policy (no I/O, no clock reads): the writer samples its counters and
 passes `now` (monotonic seconds). Only progress matters, not throughput: a

@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from streamer.localserver import LocalRtmpServer
 from tests.alsa_fixture import TONE_HZ, ToneFifo, tone, write_asoundrc
 from tests.media_check import analyze_file, dominant_frequency
+
+pytestmark = pytest.mark.slow  # each test here takes more than 5 s
 
 SECONDS = 8
 

@@ -11,6 +11,7 @@ from tests.conftest import run_cli
 from tests.media_check import analyze_file
 
 
+@pytest.mark.slow
 def test_the_file_is_used_and_flags_override_it(
     rtmp_server: LocalRtmpServer, tmp_path: Path
 ) -> None:

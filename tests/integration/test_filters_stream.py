@@ -6,11 +6,14 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 
 from streamer.localserver import LocalRtmpServer
 from tests.conftest import run_cli
 from tests.media_check import read_counter
 from tests.unit.test_filters import write_png
+
+pytestmark = pytest.mark.slow  # each test here takes more than 5 s
 
 
 def red_png(path: Path, size: int = 40) -> None:

@@ -17,6 +17,8 @@ from streamer.localserver import LocalRtmpServer
 from streamer.rtmp.url import parse_url
 from tests.media_check import analyze_file
 
+pytestmark = pytest.mark.slow  # each test here takes more than 5 s
+
 BUTTON, LED = "GPIO17", "GPIO27"
 
 

@@ -12,6 +12,8 @@ import pytest
 from streamer.localserver import LocalRtmpServer
 from tests.media_check import analyze_file
 
+pytestmark = pytest.mark.slow  # each test here takes more than 5 s
+
 FAKES = Path(__file__).parents[1] / "fakes"
 
 

@@ -7,6 +7,10 @@ import itertools
 import signal
 import threading
 import time
+from datetime import datetime
+from typing import Any
+
+import pytest
 
 from streamer.localserver import LocalRtmpServer, free_port
 from tests.conftest import LiveCli, run_cli
@@ -25,6 +29,7 @@ def _assert_clean_recording(server: LocalRtmpServer) -> None:
         assert all(b > a for a, b in itertools.pairwise(track))
 
 
+@pytest.mark.slow
 def test_server_restarts_three_times_without_restarting_the_process() -> None:
     port = free_port()
     servers = [LocalRtmpServer(port=port)]
@@ -57,6 +62,7 @@ def test_server_restarts_three_times_without_restarting_the_process() -> None:
             server.remove()
 
 
+@pytest.mark.slow
 def test_black_hole_is_detected_and_the_stream_comes_back(rtmp_server: LocalRtmpServer) -> None:
     proxy = ThrottleProxy(rtmp_server.port)
     proxy.start()
@@ -94,21 +100,59 @@ def test_refused_publish_ends_a_cli_run_with_the_reason(rtmp_server: LocalRtmpSe
     assert "streamer: error: server rejected the stream" in result.stderr
 
 
-def test_refused_publish_in_service_mode_is_retried_slowly(rtmp_server: LocalRtmpServer) -> None:
+def test_refused_publish_in_service_mode_is_retried_after_the_cooldown(
+    rtmp_server: LocalRtmpServer,
+) -> None:
+    cooldown = 1.5
+    cli = LiveCli(
+        "run",
+        "--url",
+        rtmp_server.url("nope", app="locked"),
+        "--service",
+        "--size",
+        "320x180",
+        "--error-cooldown",
+        str(cooldown),
+    )
+    try:
+        failed = cli.wait_for_state("preparing -> error", timeout=15)
+        retry = cli.wait_for_state("error -> preparing", timeout=cooldown + 10)
+        again = cli.wait_for_state(
+            "preparing -> error", timeout=15, after=cli.events.index(retry) + 1
+        )
+        waited = _logged_at(retry) - _logged_at(failed)
+        assert cooldown <= waited <= cooldown + 3, waited
+        assert _logged_at(again) > _logged_at(retry)
+        assert cli.proc.poll() is None, "service mode must not exit on a refusal"
+        assert cli.stop(signal.SIGTERM) == 0
+        # one publish per attempt: never a retry loop between cooldowns
+        refusals = cli.transitions().count("preparing -> error")
+        assert rtmp_server.error_log().count("publish: name='nope'") == refusals
+    finally:
+        cli.stop(signal.SIGKILL)
+
+
+def test_service_mode_cooldown_is_a_minute_by_default(rtmp_server: LocalRtmpServer) -> None:
     cli = LiveCli(
         "run", "--url", rtmp_server.url("nope", app="locked"), "--service", "--size", "320x180"
     )
     try:
-        cli.wait_for_state("preparing -> error", timeout=15)
-        time.sleep(30)
-        attempts = rtmp_server.error_log().count("publish: name='nope'")
-        assert 1 <= attempts <= 2, attempts
-        assert cli.proc.poll() is None, "service mode must not exit on a refusal"
+        failed = cli.wait_for_state("preparing -> error", timeout=15)
+        after = cli.events.index(failed)
+        planned = cli.wait_for_event("retrying after cooldown", timeout=10, after=after)
+        assert planned["seconds"] == 60.0
+        assert "error -> preparing" not in cli.transitions()
         assert cli.stop(signal.SIGTERM) == 0
     finally:
         cli.stop(signal.SIGKILL)
 
 
+def _logged_at(event: dict[str, Any]) -> float:
+    """When the streamer wrote the line (its own clock), in seconds."""
+    return datetime.fromisoformat(event["timestamp"]).timestamp()
+
+
+@pytest.mark.slow
 def test_server_that_says_nothing_times_out() -> None:
     port = free_port()
     ready = threading.Event()

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import av
+import pytest
 
 from streamer.localserver import LocalRtmpServer, free_port
 from tests.conftest import LiveCli
@@ -32,6 +33,7 @@ def decode_segments(directory: Path) -> tuple[list[list[float]], int]:
     return segments, errors
 
 
+@pytest.mark.slow
 def test_recording_spans_a_network_outage_without_a_gap(tmp_path: Path) -> None:
     port = free_port()
     server = LocalRtmpServer(port=port)
@@ -73,6 +75,7 @@ def test_recording_spans_a_network_outage_without_a_gap(tmp_path: Path) -> None:
     assert frames >= 0.97 * 20 * 30, f"{frames} frames recorded for 20 s at 30 fps"
 
 
+@pytest.mark.slow
 def test_a_segment_cut_by_a_power_cut_still_plays(tmp_path: Path) -> None:
     with LocalRtmpServer() as server:
         proc = subprocess.Popen(

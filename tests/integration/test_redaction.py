@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from streamer.localserver import LocalRtmpServer
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow  # each test here takes more than 5 s
 
 KEY = "live_8731_TopSecretKey"
 TOKEN = "tokenValue991"

@@ -74,6 +74,7 @@ def the_error_line(result: CliResult) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_streams_over_rtmps_to_a_server_with_a_private_ca(
     monkeypatch: pytest.MonkeyPatch, certs: Certs, trusted_server: LocalRtmpServer
 ) -> None:
@@ -136,6 +137,7 @@ def test_insecure_publishes_to_a_self_signed_server(
     assert any(name.startswith("insecure-room") for name in recordings), recordings
 
 
+@pytest.mark.slow
 def test_rtmps_to_the_plain_rtmp_port_is_a_clear_error_not_a_hang(
     certs: Certs, trusted_server: LocalRtmpServer
 ) -> None:

@@ -12,7 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from streamer.localserver import LocalRtmpServer
+
+pytestmark = pytest.mark.slow  # each test here takes more than 5 s
 
 
 def test_service_talks_to_systemd(rtmp_server: LocalRtmpServer, tmp_path: Path) -> None:

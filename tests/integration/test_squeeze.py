@@ -8,11 +8,14 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from streamer.localserver import LocalRtmpServer
 from tests.conftest import LiveCli
 from tests.media_check import MediaReport, watch_live
 from tests.netproxy import ThrottleProxy
+
+pytestmark = pytest.mark.slow  # each test here takes more than 5 s
 
 KBPS = 1500
 AUDIO_PER_S = 48000 / 1024

@@ -1,4 +1,4 @@
-"""The status page while streaming: the live numbers, and a Stop that stops."""
+"""The status page while streaming: the live numbers, a Stop that stops, counters that last."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import json
 import signal
 import time
 import urllib.request
+from collections.abc import Callable
+from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.localserver import LocalRtmpServer, free_port
@@ -19,6 +22,42 @@ def get(url: str) -> str:
         return body.decode()
 
 
+def status_when(
+    base: str, condition: Callable[[dict[str, Any]], bool], timeout: float, what: str
+) -> dict[str, Any]:
+    """The first /status for which ``condition`` holds, polled as a page would."""
+    end = time.monotonic() + timeout
+    while True:
+        snap: dict[str, Any] = json.loads(get(f"{base}/status"))
+        if condition(snap):
+            return snap
+        if time.monotonic() > end:
+            pytest.fail(f"no /status with {what} within {timeout} s; last: {snap}")
+        time.sleep(0.2)
+
+
+def counters(base: str) -> dict[str, float]:
+    """The /metrics counters (and the live state), by sample name and kind."""
+    return {
+        s.name + (f"{{{s.labels['kind']}}}" if "kind" in s.labels else ""): s.value
+        for family in text_string_to_metric_families(get(f"{base}/metrics"))
+        for s in family.samples
+        if not s.labels or "kind" in s.labels or s.labels.get("state") == "live"
+    }
+
+
+def command(base: str, path: str) -> None:
+    request = urllib.request.Request(
+        f"{base}{path}", method="POST", headers={"X-Requested-With": "streamer"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 204
+
+
+CLEAN = {"dropped": 0, "dropped_video": 0, "dropped_audio": 0}
+
+
+@pytest.mark.slow
 def test_status_and_metrics_follow_the_stream_and_stop_stops_it(
     rtmp_server: LocalRtmpServer,
 ) -> None:
@@ -35,32 +74,59 @@ def test_status_and_metrics_follow_the_stream_and_stop_stops_it(
     )
     try:
         cli.wait_for_state("preparing -> live", timeout=15)
-        time.sleep(1)
-        first = json.loads(get(f"{base}/status"))
-        time.sleep(6)
-        second = json.loads(get(f"{base}/status"))
+        first = status_when(base, lambda s: s["frames_sent"] > 0, 10, "frames sent")
+        # the rates come with the first stats line, 5 s after going live
+        second = status_when(
+            base,
+            lambda s: s["fps"] > 0 and s["frames_sent"] > first["frames_sent"] + 100,
+            15,
+            "a stats interval's rates",
+        )
         assert first["state"] == second["state"] == "live"
-        assert second["frames_sent"] > first["frames_sent"] + 100
         assert second["resolution"] == "320x180" and second["encoder"] == "libx264"
         assert second["sent_kbps"] > 0 and second["fps"] > 20
         assert second["url"].endswith("/live/***")
-        metrics = {
-            s.name: s.value
-            for family in text_string_to_metric_families(get(f"{base}/metrics"))
-            for s in family.samples
-            if not s.labels or s.labels.get("state") == "live"
-        }
+        # A clean link drops nothing; what was captured while connecting is counted apart.
+        assert {k: second[k] for k in CLEAN} == CLEAN
+        assert second["discarded_offline"] >= 0 and second["reconnects"] == 0
+        stats = [e for e in cli.events if e.get("event") == "stats"]
+        assert stats and all(e["dropped"] == 0 for e in stats), stats
+        metrics = counters(base)
         assert metrics["streamer_frames_sent_total"] >= second["frames_sent"]
+        assert metrics["streamer_dropped_total{video}"] == 0
+        assert metrics["streamer_dropped_total{audio}"] == 0
         assert metrics["streamer_state"] == 1
         assert "statuskey" not in get(f"{base}/") + get(f"{base}/metrics")
 
-        stop = urllib.request.Request(
-            f"{base}/stop", method="POST", headers={"X-Requested-With": "streamer"}
-        )
-        with urllib.request.urlopen(stop, timeout=5) as response:
-            assert response.status == 204
+        command(base, "/stop")
         cli.wait_for_state("live -> idle", timeout=10)
-        assert json.loads(get(f"{base}/status"))["state"] == "idle"
+        stopped = json.loads(get(f"{base}/status"))
+        assert stopped["state"] == "idle"
+        # Stopping keeps the counters (Prometheus counters never go back) ...
+        assert stopped["frames_sent"] >= second["frames_sent"]
+        assert stopped["discarded_offline"] >= second["discarded_offline"]
+        assert {k: stopped[k] for k in CLEAN} == CLEAN
+        idle = counters(base)
+        assert idle["streamer_frames_sent_total"] == stopped["frames_sent"]
+
+        # ... and starting again goes on from them.
+        seen = len(cli.events)
+        command(base, "/start")
+        cli.wait_for_state("preparing -> live", timeout=15, after=seen)
+        again = status_when(
+            base,
+            lambda s: s["frames_sent"] > stopped["frames_sent"] + 60,
+            15,
+            "frames sent after the restart",
+        )
+        assert again["discarded_offline"] >= stopped["discarded_offline"]
+        assert {k: again[k] for k in CLEAN} == CLEAN
+        assert again["reconnects"] == 0, "a stop/start by a person is not a reconnect"
+        restarted = counters(base)
+        for name, value in idle.items():
+            if name.endswith("_total"):
+                assert restarted[name] >= value, name
+        assert restarted["streamer_frames_sent_total"] > idle["streamer_frames_sent_total"]
         assert cli.stop(signal.SIGTERM) == 0
     finally:
         cli.stop(signal.SIGKILL)

@@ -7,6 +7,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 
 from streamer.localserver import LocalRtmpServer
 from tests.conftest import run_cli, start_cli
@@ -17,6 +18,7 @@ FPS = 30
 AUDIO_FRAMES_PER_S = 48000 / 1024
 
 
+@pytest.mark.slow
 def test_ten_seconds_recorded_by_the_server_decode_completely(
     rtmp_server: LocalRtmpServer,
 ) -> None:
@@ -63,6 +65,7 @@ def test_ten_seconds_recorded_by_the_server_decode_completely(
     assert abs(freq - 440) <= 5, freq
 
 
+@pytest.mark.slow
 def test_a_viewer_plays_the_stream_live(rtmp_server: LocalRtmpServer) -> None:
     url = rtmp_server.url("live-room")
     report = MediaReport()

@@ -15,6 +15,7 @@ from streamer.config import (
     ControlsSection,
     LogSection,
     NetworkSection,
+    RecordSection,
     StatusSection,
     StreamSection,
     VideoSection,
@@ -46,6 +47,9 @@ drop_threshold_ms = 900
 min_video_bitrate_kbps = 500
 adaptive_bitrate = false
 max_reconnects = 0
+reconnect_delay_s = 0.5
+reconnect_max_delay_s = 10
+error_cooldown_s = 300
 
 [controls]
 button = "GPIO17"
@@ -53,6 +57,11 @@ led = "GPIO27"
 
 [status]
 port = 0
+
+[record]
+dir = "/var/lib/streamer/rec"
+minutes = 10
+keep_gb = 2.5
 
 [log]
 level = "debug"
@@ -98,9 +107,13 @@ def test_full_file_round_trips_into_the_dataclasses(tmp_path: Path) -> None:
             min_video_bitrate_kbps=500,
             adaptive_bitrate=False,
             max_reconnects=0,
+            reconnect_delay_s=0.5,
+            reconnect_max_delay_s=10.0,
+            error_cooldown_s=300.0,
         ),
         controls=ControlsSection(button="GPIO17", led="GPIO27"),
         status=StatusSection(port=0),
+        record=RecordSection(dir=Path("/var/lib/streamer/rec"), minutes=10.0, keep_gb=2.5),
         log=LogSection(level="debug", format="json"),
         path=path,
     )
@@ -131,7 +144,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert c.stream == StreamSection(url=None, key_file=None)
     assert c.video == VideoSection("sim", (1280, 720), 30.0, 2500, "auto")
     assert c.audio == AudioSection("sim", 128)
-    assert c.network == NetworkSection(700, 300, True, 10)
+    assert c.network == NetworkSection(700, 300, True, 10, 1.0, 30.0, 60.0)
+    assert c.record == RecordSection(dir=None, minutes=5.0, keep_gb=0.0)  # no recording
 
 
 def test_schema_names_every_dataclass_field() -> None:
@@ -175,9 +189,18 @@ def test_default_path_is_used_when_present(tmp_path: Path, monkeypatch: pytest.M
         ("audio", "microphone", '"alsa:plughw:CARD=Device,DEV=0"', "alsa:plughw:CARD=Device,DEV=0"),
         ("status", "port", "65535", 65535),
         ("network", "max_reconnects", "1000000", 1_000_000),
+        ("network", "reconnect_delay_s", "0.1", 0.1),
+        ("network", "reconnect_max_delay_s", "3600", 3600.0),
+        ("network", "error_cooldown_s", "1", 1.0),
+        ("network", "error_cooldown_s", "86400", 86400.0),
         ("controls", "button", '"BOARD11"', "BOARD11"),
         ("controls", "led", '"J8:13"', "J8:13"),
         ("log", "format", '"plain"', "plain"),
+        ("record", "dir", '"/media/usb/rec"', Path("/media/usb/rec")),
+        ("record", "dir", '""', None),
+        ("record", "minutes", "0.05", 0.05),
+        ("record", "minutes", "1440", 1440.0),
+        ("record", "keep_gb", "0", 0.0),
     ],
 )
 def test_accepted_values(
@@ -209,6 +232,27 @@ def test_accepted_values(
         (
             "[network]\nmax_reconnects = -1\n",
             "network.max_reconnects = -1 is out of range 0..1000000",
+        ),
+        (
+            "[network]\nerror_cooldown_s = 0.5\n",
+            "network.error_cooldown_s = 0.5 is out of range 1..86400",
+        ),
+        (
+            '[network]\nerror_cooldown_s = "1m"\n',
+            'network.error_cooldown_s must be a number, got "1m"',
+        ),
+        (
+            "[network]\nreconnect_delay_s = 0\n",
+            "network.reconnect_delay_s = 0 is out of range 0.1..3600",
+        ),
+        (
+            "[network]\nreconnect_max_delay_s = 7200\n",
+            "network.reconnect_max_delay_s = 7200 is out of range 0.1..3600",
+        ),
+        (
+            "[network]\nreconnect_delay_s = 60\n",
+            "network.reconnect_delay_s = 60.0 is above network.reconnect_max_delay_s = 30.0; "
+            "the first delay cannot be longer than the longest",
         ),
         (
             '[network]\nadaptive_bitrate = "yes"\n',
@@ -268,6 +312,15 @@ def test_accepted_values(
             '[log]\nformat = "xml"\n',
             'log.format = "xml" is not one of: auto, console, plain, json',
         ),
+        ("[record]\ndir = 1\n", "record.dir must be a string, got 1"),
+        ("[record]\nminutes = 0\n", "record.minutes = 0 is out of range 0.05..1440"),
+        ('[record]\nminutes = "5"\n', 'record.minutes must be a number, got "5"'),
+        (
+            "[record]\nkeep_gb = -1\n",
+            "record.keep_gb = -1 is out of range 0..100000 (0 keeps every segment)",
+        ),
+        ("[record]\nkeep = 1\n", "unknown key record.keep (known: dir, keep_gb, minutes)"),
+        ("dir = 1\n", "dir is outside any section; it belongs under [record]"),
         (
             "[video]\nframerate = 30\n",
             "unknown key video.framerate "
@@ -279,7 +332,8 @@ def test_accepted_values(
         ),
         (
             "[foo]\nbar = 1\n",
-            "unknown section [foo] (known: audio, controls, log, network, status, stream, video)",
+            "unknown section [foo] "
+            "(known: audio, controls, log, network, record, status, stream, video)",
         ),
         ("fps = 30\n", "fps is outside any section; it belongs under [video]"),
         ("video = 30\n", "video must be a section [video], not a single value"),
@@ -563,6 +617,39 @@ def test_bad_override_is_refused_as_command_line(
     assert caught.value.exit_code == 2
     assert caught.value.message.startswith(f"command line: {expected}")
     assert KEY not in caught.value.message
+
+
+def test_relative_record_dir_is_next_to_the_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[record]\ndir = "rec"\n'))
+    assert config.record.dir == tmp_path / "rec"
+
+
+def test_record_flags_beat_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(write(tmp_path, FULL))
+    monkeypatch.chdir(tmp_path)
+    merged = with_overrides(
+        config, {"record.dir": "here", "record.minutes": 1.0, "record.keep_gb": None}
+    )
+    assert merged.record == RecordSection(dir=tmp_path / "here", minutes=1.0, keep_gb=2.5)
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(config, {"record.minutes": 2000.0})
+    assert (
+        caught.value.message == "command line: record.minutes = 2000.0 is out of range 0.05..1440"
+    )
+
+
+def test_reconnect_delays_are_checked_together_wherever_they_come_from(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[network]\nreconnect_delay_s = 5\n"))
+    assert config.network.reconnect_delay_s == 5.0
+    assert with_overrides(config, {"network.reconnect_max_delay_s": 5.0}).network == (
+        dataclasses.replace(config.network, reconnect_max_delay_s=5.0)
+    )
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(config, {"network.reconnect_max_delay_s": 2.0})
+    assert caught.value.message == (
+        "command line: network.reconnect_delay_s = 5.0 is above "
+        "network.reconnect_max_delay_s = 2.0; the first delay cannot be longer than the longest"
+    )
 
 
 def test_bad_key_file_override_names_the_command_line(tmp_path: Path) -> None:

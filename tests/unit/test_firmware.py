@@ -33,9 +33,13 @@ SCHEMA: dict[str, set[str]] = {
         "min_video_bitrate_kbps",
         "adaptive_bitrate",
         "max_reconnects",
+        "reconnect_delay_s",
+        "reconnect_max_delay_s",
+        "error_cooldown_s",
     },
     "controls": {"button", "led"},
     "status": {"port"},
+    "record": {"dir", "minutes", "keep_gb"},
     "log": {"level", "format"},
 }
 
@@ -156,9 +160,13 @@ def test_config_parses_and_follows_the_schema() -> None:
         "min_video_bitrate_kbps": 300,
         "adaptive_bitrate": True,
         "max_reconnects": 10,
+        "reconnect_delay_s": 1,
+        "reconnect_max_delay_s": 30,
+        "error_cooldown_s": 60,
     }
     assert config["controls"] == {"button": "GPIO17", "led": "GPIO27"}
     assert config["status"] == {"port": 8089}
+    assert config["record"] == {"dir": "", "minutes": 5, "keep_gb": 4}  # off until a dir is set
     assert config["log"] == {"level": "info", "format": "auto"}
 
 

@@ -6,7 +6,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamer.media import Kind, Packet
-from streamer.net.sendqueue import SendQueue
+from streamer.net.sendqueue import QueueCounters, SendQueue
 
 
 def video(ms: int, key: bool, size: int = 1000) -> Packet:
@@ -68,8 +68,9 @@ def test_clear_drops_everything_and_counts_it() -> None:
     q.push(audio(0))
     q.clear("connection_lost")
     assert len(q) == 0 and q.pop() is None
-    assert q.counters.dropped_packets[("video", "connection_lost")] == 1
-    assert q.counters.dropped_packets[("audio", "connection_lost")] == 1
+    assert q.counters.removed_packets[("video", "connection_lost")] == 1
+    assert q.counters.removed_packets[("audio", "connection_lost")] == 1
+    assert q.counters.dropped_total == 2  # the link broke with them queued: a real loss
 
 
 # One step: push a video frame, push an audio frame, or let the link send n packets.
@@ -114,8 +115,9 @@ def test_invariants_hold_for_any_arrivals_and_link(
                 if (p := q.pop()) is not None:
                     sent.append(p)
     c = q.counters
-    assert c.queued_packets == c.sent_packets + c.dropped_total + len(q)
-    assert c.queued_bytes == c.sent_bytes + sum(c.dropped_bytes.values()) + sum(
+    assert c.queued_packets == c.sent_packets + c.dropped_total + c.discarded_offline + len(q)
+    assert c.discarded_offline == 0  # always connected here: every loss is the link's
+    assert c.queued_bytes == c.sent_bytes + sum(c.removed_bytes.values()) + sum(
         len(p.data) for p in [*q._video, *q._audio]
     )
     # audio stays in order; every P-frame sent follows the frame it references
@@ -142,7 +144,7 @@ def test_over_the_threshold_the_oldest_gop_loses_its_predicted_frames() -> None:
     assert sent[0] == (0, True)
     assert (1000, True) in sent
     assert all(key or dts > 1000 for dts, key in sent)
-    assert q.counters.dropped_packets[("video", "congestion")] >= 6
+    assert q.counters.removed_packets[("video", "congestion")] >= 6
     assert q.counters.dropped(Kind.VIDEO) >= 9
     assert q.counters.dropped(Kind.AUDIO) == 0
 
@@ -160,7 +162,10 @@ def test_congestion_without_a_later_keyframe_asks_the_encoder_for_one() -> None:
     q.push(video(680, False))
     sent = [p.dts_ms for p in iter(q.pop, None)]
     assert sent == [640, 680]
-    assert q.counters.dropped_packets[("video", "awaiting_keyframe")] >= 1
+    assert q.counters.removed_packets[("video", "awaiting_keyframe")] >= 1
+    # the 11 thinned frames and the one the congestion made wait: drops, not discards
+    assert q.counters.dropped(Kind.VIDEO) == 11 + 1
+    assert q.counters.discarded_offline == 0
 
 
 def test_audio_is_kept_through_video_congestion() -> None:
@@ -171,3 +176,72 @@ def test_audio_is_kept_through_video_congestion() -> None:
     assert q.counters.dropped(Kind.VIDEO) > 0
     assert q.counters.dropped(Kind.AUDIO) == 0
     assert len([p for p in iter(q.pop, None) if p.kind is Kind.AUDIO]) == 40
+
+
+# -- what the numbers say: drops (the link) apart from discards (no session) ----------
+
+
+def online_session(q: SendQueue) -> None:
+    """What the pipeline's hand-off does when a session starts."""
+    q.restart("new_session")
+    q.offline = False
+
+
+def test_a_clean_session_drops_nothing() -> None:
+    """Connecting costs packets by design; a link that carries everything drops none."""
+    q = SendQueue()
+    q.offline = True  # a new pipeline captures while it connects
+    for n in range(10):
+        q.push(video(n * 33, key=n == 0))
+        q.push(audio(n * 21))
+    online_session(q)
+    assert q.keyframe_wanted
+    for n in range(10, 13):  # predicted frames before the session's first keyframe
+        q.push(video(n * 33, key=False))
+    sent = 0
+    for n in range(13, 100):  # the link keeps up: each frame is sent as it comes
+        q.push(video(n * 33, key=n == 13 or n % 60 == 0))
+        q.push(audio(n * 21))
+        sent += len(list(iter(q.pop, None)))
+    c = q.counters
+    assert c.dropped_total == 0
+    assert c.dropped(Kind.VIDEO) == c.dropped(Kind.AUDIO) == 0
+    assert c.discarded_offline == 20 + 3
+    assert c.removed_packets[("video", "session_start")] == 3
+    assert sent == c.sent_packets == 2 * 87
+
+
+def test_what_is_captured_during_an_outage_is_discarded_not_dropped() -> None:
+    q = SendQueue()
+    online_session(q)
+    q.push(video(0, True))
+    q.push(video(33, False))
+    q.push(audio(10))
+    q.offline = True  # the hand-off's go_offline: the backlog is lost with the link
+    q.clear("connection_lost")
+    for n in range(2, 30):  # reconnecting: capture goes on
+        q.push(video(n * 33, key=n % 15 == 0))
+    online_session(q)
+    q.push(video(1000, False))
+    q.push(video(1033, True))
+    c = q.counters
+    assert c.dropped_total == 3
+    assert c.discarded_offline == 28 + 1
+    assert [p.dts_ms for p in iter(q.pop, None)] == [1033]
+
+
+def test_counters_shared_by_successive_queues_only_grow() -> None:
+    """A stop/start makes a new queue; the Streamer's counters carry on."""
+    counters = QueueCounters()
+    totals = []
+    for _ in range(3):
+        q = SendQueue(drop_threshold_ms=300, hard_limit_ms=5000, counters=counters)
+        q.offline = True
+        q.push(audio(0))
+        online_session(q)
+        q.push(video(0, True))
+        for n in range(1, 12):  # nothing is sent: congestion
+            q.push(video(n * 40, False))
+        assert q.counters is counters
+        totals.append((counters.dropped_total, counters.discarded_offline, counters.queued_packets))
+    assert totals == [(11, 1, 13), (22, 2, 26), (33, 3, 39)]

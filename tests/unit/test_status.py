@@ -52,6 +52,7 @@ SNAPSHOT: dict[str, Any] = {
     "dropped": 7,
     "dropped_video": 5,
     "dropped_audio": 2,
+    "discarded_offline": 40,
     "frames_sent": 10_000,
     "reconnects": 3,
     "url": "rtmp://example.com:1935/live/***",
@@ -242,6 +243,7 @@ def test_metrics_parse_and_carry_the_snapshot(server: ServerThread) -> None:
     assert samples[("streamer_dropped_total", (("kind", "video"),))] == 5
     assert samples[("streamer_dropped_total", (("kind", "audio"),))] == 2
     assert samples[("streamer_reconnects_total", ())] == 3
+    assert samples[("streamer_discarded_offline_total", ())] == 40
     assert samples[("streamer_queue_ms", ())] == 120
     assert samples[("streamer_sent_kbps", ())] == 2431
     assert samples[("streamer_target_kbps", ())] == 2500
