@@ -33,7 +33,7 @@ from streamer.hardware.base import (
     split_spec,
 )
 from streamer.media import Packet, VideoConfig
-from streamer.net.sendqueue import QueueCounters, Reason, SendQueue
+from streamer.net.sendqueue import MAX_FRAME_BYTES, QueueCounters, Reason, SendQueue
 from streamer.record import Recorder
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class PacketHandoff:
         self.ready = asyncio.Event()
         self._consumer_waiting = False
         self.tap: Callable[[list[Packet]], None] | None = None  # the local recorder
+        self._warned_too_large = False  # said once a run: the count is in dropped_video
 
     def push(self, packets: list[Packet]) -> None:
         """Called from capture threads: never blocks on the network.
@@ -64,6 +65,15 @@ class PacketHandoff:
         tap = self.tap
         if tap is not None:  # recording goes on whatever the network does
             tap(packets)
+        for packet in packets:
+            if len(packet.data) > MAX_FRAME_BYTES and not self._warned_too_large:
+                self._warned_too_large = True
+                log.warning(
+                    "a video frame is too large for RTMP servers: dropped until the next "
+                    "keyframe; lower the video bitrate",
+                    bytes=len(packet.data),
+                    limit=MAX_FRAME_BYTES,
+                )
         with self._lock:
             for packet in packets:
                 self.queue.push(packet)

@@ -19,6 +19,11 @@ from streamer.media import Kind, Packet
 
 DEFAULT_DROP_THRESHOLD_MS = 700
 DEFAULT_HARD_LIMIT_MS = 2000
+# nginx-rtmp drops a publisher on any message over 1 MiB (its default
+# max_message); a frame that big cannot be sent to it, so it is dropped here
+# with what depends on it. libx264 never makes one (its VBV buffer is capped
+# for that); another encoder at a high bitrate might.
+MAX_FRAME_BYTES = (1 << 20) - 64
 
 # Why a packet left the queue without being sent.
 Reason = Literal[
@@ -27,13 +32,14 @@ Reason = Literal[
     "hard_limit",  # everything before the newest keyframe (or audio), above the hard limit
     "awaiting_keyframe",  # predicted frames after such a cut, until the next keyframe
     "connection_lost",  # the backlog of a connection that broke
+    "too_large",  # a frame over MAX_FRAME_BYTES, which servers refuse
     # No session to send it to: by design, not a loss on the link.
     "offline",  # captured while not connected (connecting, reconnecting)
     "new_session",  # a backlog flushed when a session starts
     "session_start",  # predicted frames before a session's first keyframe
 ]
 DROP_REASONS: Final[frozenset[Reason]] = frozenset(
-    {"congestion", "hard_limit", "awaiting_keyframe", "connection_lost"}
+    {"congestion", "hard_limit", "awaiting_keyframe", "connection_lost", "too_large"}
 )
 OFFLINE_REASONS: Final[frozenset[Reason]] = frozenset(get_args(Reason)) - DROP_REASONS
 
@@ -127,7 +133,10 @@ class SendQueue:
             while self._lag(self._audio, Kind.AUDIO) > self.hard_limit_ms:
                 self._drop(self._audio.popleft(), "hard_limit")
             return
-        if self._awaiting_keyframe and not packet.keyframe:
+        if len(packet.data) > MAX_FRAME_BYTES:
+            self._drop(packet, "too_large")
+            self._request_keyframe("awaiting_keyframe")
+        elif self._awaiting_keyframe and not packet.keyframe:
             self._drop(packet, self._awaiting_keyframe)
         else:
             self._awaiting_keyframe = None

@@ -6,7 +6,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamer.media import Kind, Packet
-from streamer.net.sendqueue import QueueCounters, SendQueue
+from streamer.net.sendqueue import MAX_FRAME_BYTES, QueueCounters, SendQueue
 
 
 def video(ms: int, key: bool, size: int = 1000) -> Packet:
@@ -245,3 +245,18 @@ def test_counters_shared_by_successive_queues_only_grow() -> None:
         assert q.counters is counters
         totals.append((counters.dropped_total, counters.discarded_offline, counters.queued_packets))
     assert totals == [(11, 1, 13), (22, 2, 26), (33, 3, 39)]
+
+
+def test_a_frame_too_large_for_a_server_goes_with_its_gop_and_a_keyframe_is_asked() -> None:
+    q = SendQueue()
+    q.push(video(0, key=True))
+    assert [p.dts_ms for p in iter(q.pop, None)] == [0]
+    q.keyframe_wanted = False
+    q.push(video(33, key=True, size=MAX_FRAME_BYTES + 1))  # nginx-rtmp would drop us
+    q.push(video(67, key=False))  # refers to it: undecodable without it
+    assert q.keyframe_wanted
+    q.push(video(100, key=True))
+    q.push(video(133, key=False))
+    assert [p.dts_ms for p in iter(q.pop, None)] == [100, 133]
+    assert q.counters.removed_packets[("video", "too_large")] == 1
+    assert q.counters.dropped(Kind.VIDEO) == 2
