@@ -45,6 +45,11 @@ DRAIN_ON_STOP = 2.0  # seconds allowed to send what is queued when stopping
 SEND_BATCH = 16  # packets written per socket flush: few loop turns, no hidden backlog
 ROOM_WAIT = 0.5  # seconds to wait for a server ack before looking around again
 NETWORK_ERRORS = (ConnectFailed, ConnectionLost, ProtocolError)
+# RTMP timestamps are 32-bit milliseconds, and many readers take FLV time as
+# signed: past 2^31 ms (24.8 days) of one session they break. A session that
+# gets within a minute of it ends cleanly at its next keyframe and the next
+# one starts at 0 at once (a gap of a fraction of a second every 24 days).
+SESSION_LIMIT_MS = 2**31 - 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +84,15 @@ class Settings:
 class Streamer:
     """Runs the device: the state machine decides, this class carries it out."""
 
-    def __init__(self, settings: Settings, state: DeviceState | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        state: DeviceState | None = None,
+        *,
+        first_session_ms: int = 0,
+    ) -> None:
+        """``first_session_ms``: the first session's first timestamp (tests of the
+        timestamp boundaries start near them instead of waiting days)."""
         self.s = settings
         self.state = state or DeviceState()
         self.backoff = Backoff(
@@ -112,6 +125,9 @@ class Streamer:
         self._deadline: float | None = None
         self._wake = asyncio.Event()
         self._origin: int | None = None
+        self._first_session_ms = first_session_ms
+        self._session_start_ms = 0  # the current session's first timestamp
+        self._session_ended = False  # the session reached SESSION_LIMIT_MS: publish anew
         self._last_ts = {Kind.VIDEO: -1, Kind.AUDIO: -1}
         logsetup.set_state_provider(lambda: self.state.state)
 
@@ -318,13 +334,13 @@ class Streamer:
         await publisher.send_video(0, flv.avc_sequence_header(video_config))
         if audio:
             await publisher.send_audio(0, flv.aac_sequence_header(audio.config))
-        self._origin = None
-        self._last_ts = {Kind.VIDEO: -1, Kind.AUDIO: -1}
+        self._begin_session()
         pipeline.handoff.go_online("new_session")
         if self.state.state == RECONNECTING:  # not a stop/start by a person
             self.reconnects += 1
         self._been_live = True
-        self.state.fire("published", f"publishing to {self.s.url.redacted}")
+        if self.state.state != LIVE:  # LIVE already: a session that reached its time limit
+            self.state.fire("published", f"publishing to {self.s.url.redacted}")
         self.backoff.live_since(time.monotonic())
         if self.bitrate is not None:
             self.bitrate.reset(time.monotonic())
@@ -358,6 +374,14 @@ class Streamer:
                     break
                 self._write(publisher, packet)
                 written += 1
+            if self._session_ended:
+                log.info(
+                    "session timestamps near 2^31 ms: publishing anew from 0",
+                    last_ms=self._last_ts[Kind.VIDEO],
+                )
+                await publisher.flush()
+                await self._close_publisher(graceful=True)
+                return False
             if not written:
                 wait = STATS_INTERVAL
                 if self._deadline is not None:
@@ -387,8 +411,17 @@ class Streamer:
             )
             pipeline.video.set_bitrate(target)
 
+    def _begin_session(self) -> None:
+        """Timestamps of a new session: from its first keyframe, at 0 (or the test's start)."""
+        self._origin = None
+        self._last_ts = {Kind.VIDEO: -1, Kind.AUDIO: -1}
+        self._session_start_ms, self._first_session_ms = self._first_session_ms, 0
+        self._session_ended = False
+
     def _write(self, publisher: RtmpPublisher, packet: Packet) -> None:
         """Rebase onto the session origin (its first keyframe) and hand to the socket."""
+        if self._session_ended:
+            return
         if self._origin is None:
             if packet.kind is not Kind.VIDEO or not packet.keyframe:
                 return  # nothing is sent before the first keyframe
@@ -396,6 +429,10 @@ class Streamer:
         ts = packet.dts_ms - self._origin
         if ts < 0:
             return  # captured before the session's first keyframe
+        ts += self._session_start_ms
+        if packet.keyframe and ts >= SESSION_LIMIT_MS and self._last_ts[Kind.VIDEO] >= 0:
+            self._session_ended = True  # the next session starts at a fresh keyframe
+            return
         # Players and muxers want each track's timestamps strictly rising. A
         # camera's clock can repeat a millisecond (or, reset, go back): the
         # frame still goes, a millisecond after the one before, since every
