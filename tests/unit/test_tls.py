@@ -22,7 +22,7 @@ from streamer.rtmp import client
 from streamer.rtmp import message as m
 from streamer.rtmp.client import INSECURE_WARNING, RtmpPublisher, tls_context
 from streamer.rtmp.url import parse_url
-from tests.unit.test_client import ScriptedServer
+from tests.rtmpserver import ScriptedServer
 
 KEY = "tls-room"
 T = TypeVar("T")
