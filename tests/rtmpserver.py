@@ -28,6 +28,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -65,11 +66,13 @@ class ScriptedServer:
     bytes_read: int = 0  # media and all, after the handshake
     bytes_written: int = 0
     clean_end: bool | None = None  # the client left with a FIN (True) or a reset (False)
+    publish_at: float | None = None  # time.monotonic() when publish came
     out: ChunkWriter = field(default_factory=ChunkWriter)
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
     pong: asyncio.Event = field(default_factory=asyncio.Event)  # the client answered a ping
+    progress: asyncio.Event = field(default_factory=asyncio.Event)  # set on every read
     finished: threading.Event = field(default_factory=threading.Event)
     _ack_window: int = 0
     _counter: int = 0
@@ -83,6 +86,13 @@ class ScriptedServer:
 
     def command_names(self) -> list[str]:
         return [c[0] for c in self.commands]
+
+    async def read_up_to(self, count: int, timeout: float) -> None:
+        """Wait until the server has read ``count`` bytes after the handshake."""
+        async with asyncio.timeout(timeout):
+            while self.bytes_read < count:
+                self.progress.clear()
+                await self.progress.wait()
 
     # -- sending ----------------------------------------------------------------------
 
@@ -136,6 +146,7 @@ class ScriptedServer:
             if not data:
                 raise EOFError
             self.bytes_read += len(data)
+            self.progress.set()
             messages = chunks.feed(data)
             for msg in messages:
                 if msg.type_id == m.WINDOW_ACK_SIZE:
@@ -185,6 +196,7 @@ class ScriptedServer:
             elif name == "createStream":
                 self.reply("_result", txn, None, 1.0)
             elif name == "publish":
+                self.publish_at = time.monotonic()
                 self._on_publish(txn)
                 if self.after_publish:
                     await self.after_publish(self)
