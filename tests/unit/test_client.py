@@ -138,6 +138,19 @@ def test_an_unreadable_answer_we_wait_for_is_a_clear_error() -> None:
         run(publish_to(BrokenConnectAnswer(), lambda p: asyncio.sleep(0), timeout=10), 5)
 
 
+class BrokenPublishAnswer(ScriptedServer):
+    """Answers publish with an onStatus we cannot read."""
+
+    def _on_publish(self, txn: float) -> None:
+        payload = amf0.encode("onStatus", 0.0, None) + b"\x03\x00\x04code\x11\x01\x00\x00\x09"
+        self.send(Message(m.CSID_COMMAND, 0, m.COMMAND_AMF0, 1, payload))
+
+
+def test_an_unreadable_status_while_publishing_is_a_clear_error() -> None:
+    with pytest.raises(ProtocolError, match=r"answer to publish \(onStatus\) could not be read"):
+        run(publish_to(BrokenPublishAnswer(), lambda p: asyncio.sleep(0), timeout=10), 5)
+
+
 def test_commands_nobody_waits_for_may_carry_anything() -> None:
     async def after_publish(server: ScriptedServer) -> None:
         unreadable = amf0.encode("onWhatever", 0.0, None) + b"\x03\x00\x01a\x11\x01"
