@@ -1,13 +1,17 @@
 """AMF0 encoding and decoding (Adobe AMF0 specification), as used by RTMP commands.
 
-Only the types RTMP command and data messages need are supported. Decoding treats its input
-as hostile: anything malformed or truncated raises ``ValueError`` and nothing else, nesting
-is bounded, and no length field is trusted before the bytes it announces are present.
+Every type servers are known to send decodes, including the rare ones (Date, reference,
+typed object) so that an odd value in a command nobody waits for cannot end a session. An
+AVM+ marker switches to AMF3, which we do not parse: at the top level it becomes an opaque
+``Amf3`` holding the rest of the message. Decoding treats its input as hostile: anything
+malformed or truncated raises ``ValueError`` and nothing else, nesting is bounded, and no
+length field is trusted before the bytes it announces are present.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import Any, Final
 
 _NUMBER: Final = 0x00
@@ -16,10 +20,14 @@ _STRING: Final = 0x02
 _OBJECT: Final = 0x03
 _NULL: Final = 0x05
 _UNDEFINED: Final = 0x06
+_REFERENCE: Final = 0x07
 _ECMA_ARRAY: Final = 0x08
 _OBJECT_END: Final = 0x09
 _STRICT_ARRAY: Final = 0x0A
+_DATE: Final = 0x0B
 _LONG_STRING: Final = 0x0C
+_TYPED_OBJECT: Final = 0x10
+_AVMPLUS: Final = 0x11
 
 _MAX_DEPTH: Final = 64
 """Deepest container nesting accepted; RTMP needs a few levels, attackers need thousands."""
@@ -27,6 +35,7 @@ _MAX_DEPTH: Final = 64
 _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
 _F64: Final = struct.Struct(">d")
+_DATE_BODY: Final = struct.Struct(">dh")
 _END_MARKER: Final = b"\x00\x00\x09"
 
 
@@ -52,6 +61,39 @@ class EcmaArray(dict[str, Any]):
     Some servers (and ``onMetaData``) use ECMA arrays where others use objects; keeping the
     distinction lets a decoded message be re-encoded byte for byte.
     """
+
+
+class TypedObject(dict[str, Any]):
+    """An object with a class name (0x10); a dict, so code reading properties need not care."""
+
+    def __init__(self, class_name: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.class_name = class_name
+
+    def __repr__(self) -> str:
+        return f"TypedObject({self.class_name!r}, {dict.__repr__(self)})"
+
+
+@dataclass(frozen=True, slots=True)
+class Date:
+    """AMF0 Date (0x0B): milliseconds since the Unix epoch (UTC) and a reserved time zone."""
+
+    ms: float
+    timezone: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """AMF0 reference (0x07) to an earlier complex value of the same message, not resolved."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Amf3:
+    """The bytes after an AVM+ marker (0x11): AMF3, not parsed, ending what AMF0 can read."""
+
+    data: bytes
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -90,10 +132,22 @@ def _encode(value: Any, out: list[bytes], depth: int) -> None:
         else:
             raise ValueError("AMF0: string longer than 4 GiB")
         out.append(raw)
+    elif isinstance(value, Date):
+        out.append(b"\x0b" + _DATE_BODY.pack(value.ms, value.timezone))
+    elif isinstance(value, Reference):
+        out.append(b"\x07" + _U16.pack(value.index))
+    elif isinstance(value, Amf3):
+        out.append(b"\x11" + value.data)
     elif isinstance(value, dict | list | tuple):
         if depth >= _MAX_DEPTH:
             raise ValueError(f"AMF0: nesting deeper than {_MAX_DEPTH} (or a cycle)")
-        if isinstance(value, EcmaArray):
+        if isinstance(value, TypedObject):
+            raw = value.class_name.encode("utf-8")
+            if len(raw) > 0xFFFF:
+                raise ValueError("AMF0 class name longer than 65535 bytes")
+            out.append(b"\x10" + _U16.pack(len(raw)) + raw)
+            _encode_properties(value, out, depth + 1)
+        elif isinstance(value, EcmaArray):
             out.append(b"\x08" + _U32.pack(len(value)))
             _encode_properties(value, out, depth + 1)
         elif isinstance(value, dict):
@@ -133,7 +187,10 @@ def decode_value(data: bytes, offset: int = 0) -> tuple[Any, int]:
 
 
 def decode(data: bytes) -> list[Any]:
-    """Decode every AMF0 value in ``data``; trailing garbage is an error, not ignored."""
+    """Decode every AMF0 value in ``data``; trailing garbage is an error, not ignored.
+
+    An AVM+ value ends the list: it holds the rest of ``data`` as ``Amf3``.
+    """
     values: list[Any] = []
     pos = 0
     while pos < len(data):
@@ -178,12 +235,28 @@ def _decode(data: bytes, pos: int, depth: int) -> tuple[Any, int]:
         return None, pos
     if marker == _UNDEFINED:
         return UNDEFINED, pos
-    if marker in (_OBJECT, _ECMA_ARRAY, _STRICT_ARRAY):
+    if marker == _DATE:
+        end = _need(data, pos, _DATE_BODY.size)
+        ms, timezone = _DATE_BODY.unpack_from(data, pos)
+        return Date(ms, timezone), end
+    if marker == _REFERENCE:
+        end = _need(data, pos, 2)
+        return Reference(_U16.unpack_from(data, pos)[0]), end
+    if marker == _AVMPLUS:
+        if depth:
+            # AMF3 has no length: the container around it cannot be closed.
+            raise ValueError(f"AMF0: AVM+ (AMF3) value inside a container at offset {pos - 1}")
+        return Amf3(bytes(data[pos:])), len(data)
+    if marker in (_OBJECT, _TYPED_OBJECT, _ECMA_ARRAY, _STRICT_ARRAY):
         if depth >= _MAX_DEPTH:
             raise ValueError(f"AMF0: nesting deeper than {_MAX_DEPTH}")
         if marker == _OBJECT:
             obj: dict[str, Any] = {}
             return obj, _decode_properties(data, pos, depth + 1, obj)
+        if marker == _TYPED_OBJECT:
+            class_name, pos = _read_utf8(data, pos, _U16)
+            typed = TypedObject(class_name)
+            return typed, _decode_properties(data, pos, depth + 1, typed)
         # Both arrays carry a u32 count next.
         start = _need(data, pos, 4)
         (count,) = _U32.unpack_from(data, pos)

@@ -2,9 +2,9 @@
 
 FFmpeg's RTMP output blocks forever on a stalled server and hides what it
 drops; this one never waits longer than its timeouts, writes only as fast as
-the socket accepts (small transport buffer + drain) so the send queue above
-it sees the real link, and turns every server refusal into PublishRejected
-with the server's own words.
+the socket accepts (small transport buffer + drain, little unsent data in the
+kernel) so the send queue above it sees the real link, and turns every server
+refusal into PublishRejected with the server's own words.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import re
 import socket
 import ssl
 from typing import Any, TypeVar
@@ -27,9 +28,11 @@ from streamer.exc import (
     StreamerError,
 )
 from streamer.net.stall import StallDetector
+from streamer.rtmp import amf0
 from streamer.rtmp import message as msg
+from streamer.rtmp.acks import AckCounter
 from streamer.rtmp.chunk import ChunkReader, ChunkWriter, Message
-from streamer.rtmp.handshake import client_handshake
+from streamer.rtmp.handshake import RTMP_VERSION, client_handshake, make_c0c1
 from streamer.rtmp.inflight import InFlightWindow
 from streamer.rtmp.url import RtmpUrl
 
@@ -41,6 +44,18 @@ WRITE_BUFFER_HIGH = 64 * 1024
 # We ask the server to acknowledge every ACK_WINDOW bytes: its acks prove the
 # stream reaches the server application, not just a kernel buffer on the way.
 ACK_WINDOW = 8 * 1024
+# nginx-rtmp forgets what it received since its last ack when its counter
+# restarts: at most one ack window plus one read (a chunk and its header).
+RESTART_GAP = ACK_WINDOW + CHUNK_SIZE + 64
+# Unsent bytes the kernel may hold (Linux TCP_NOTSENT_LOWAT): without it the
+# send buffer grows to megabytes and hides seconds of video from the drop policy.
+NOTSENT_LOWAT = 32 * 1024
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305: try the next address after this long
+CLOSE_LINGER = 2.0  # seconds to read the server's last words before closing
+# A silent TLS server after this long (or 3 TCP connects) may be plain RTMP:
+# nginx-rtmp and SRS wait for 1537 bytes, longer than a ClientHello.
+PLAIN_PROBE_AFTER = 0.5
 WATCHDOG_PERIOD = 0.5
 FLASH_VERSION = "FMLE/3.0 (compatible; streamer)"
 
@@ -111,6 +126,39 @@ def _tls_failure(exc: Exception, host: str, port: int, timeout: float) -> Connec
     return ConnectFailed(f"TLS handshake with {where} failed: {exc}")
 
 
+def _connect_reason(exc: OSError) -> str:
+    """Why TCP failed, in words; happy eyeballs folds one error per address into one."""
+    codes = {exc.errno} if exc.errno else set(map(int, re.findall(r"\[Errno (\d+)\]", str(exc))))
+    if len(codes) != 1:
+        return str(exc)
+    code = codes.pop()
+    reason = os.strerror(code).lower()
+    if code == errno.ECONNREFUSED:
+        reason += " (is the RTMP server running and listening on this port?)"
+    return reason
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Done-callback of a task given up on: its outcome is not wanted."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _speaks_plain_rtmp(host: str, port: int) -> bool:
+    """Whether the server answers an RTMP C0+C1 with S0: an rtmp:// port, not rtmps://."""
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError:
+        return False
+    try:
+        writer.write(make_c0c1())
+        return await reader.read(1) == bytes((RTMP_VERSION,))
+    except OSError:
+        return False
+    finally:
+        writer.transport.abort()
+
+
 class RtmpPublisher:
     """One publishing session: connect → publish → send media → unpublish."""
 
@@ -138,9 +186,13 @@ class RtmpPublisher:
         self.window = InFlightWindow(min_window=4 * ACK_WINDOW)
         self.acked = asyncio.Event()  # set on every server ack: room to send again
         self._unflushed: list[bytes] = []
-        self._pending: dict[float, asyncio.Future[msg.Command]] = {}
+        self._unflushed_bytes = 0
+        self._buffer_limit = WRITE_BUFFER_HIGH  # what the transport may hold (set at connect)
+        self._pending: dict[float, tuple[str, asyncio.Future[msg.Command]]] = {}
         self._publish_status: asyncio.Future[dict[str, Any]] | None = None
-        self._next_transaction = 1.0
+        self._publish_transaction: float | None = None
+        self._next_transaction = 0.0  # connect goes out as 1, as the spec and FFmpeg send it
+        self._eof_sent = False
         self._phase = "idle"
         self._failure: StreamerError | None = None
         self.stream_id = 0
@@ -148,6 +200,7 @@ class RtmpPublisher:
         self.bytes_received = 0
         self._ack_window = 0
         self._last_ack = 0
+        self._acks = AckCounter(restart_gap=RESTART_GAP)
 
     # -- connection ---------------------------------------------------------
 
@@ -158,11 +211,12 @@ class RtmpPublisher:
         self._reader, self._writer = reader, writer
         # Over TLS the plain transport below holds its own share (set in _open).
         tls = writer.get_extra_info("sslcontext") is not None
-        writer.transport.set_write_buffer_limits(
-            high=WRITE_BUFFER_HIGH // 2 if tls else WRITE_BUFFER_HIGH
-        )
-        sock = writer.get_extra_info("socket")
+        self._buffer_limit = WRITE_BUFFER_HIGH // 2 if tls else WRITE_BUFFER_HIGH
+        writer.transport.set_write_buffer_limits(high=self._buffer_limit)
+        sock = writer.get_extra_info("socket")  # the TCP socket, under TLS too
         if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 # Linux: unacknowledged data older than this kills the connection.
@@ -199,8 +253,12 @@ class RtmpPublisher:
         self._phase = "publish"
         loop = asyncio.get_running_loop()
         self._publish_status = loop.create_future()
+        # The answer is onStatus, or _error for this transaction from some servers.
+        self._publish_transaction = self._transaction()
         await self._send(
-            msg.command("publish", self._transaction(), None, key, "live", stream_id=self.stream_id)
+            msg.command(
+                "publish", self._publish_transaction, None, key, "live", stream_id=self.stream_id
+            )
         )
         await self._wait(self._publish_status, "publish")
         self._phase = "live"
@@ -212,11 +270,16 @@ class RtmpPublisher:
         context = self._ssl
         if self.url.tls and context is None:
             context = tls_context(self.insecure)
-        deadline = asyncio.get_running_loop().time() + self.timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.timeout
         self._phase = "tcp"
         try:
             async with asyncio.timeout_at(deadline):
-                reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+                # Happy eyeballs: a blackholed IPv6 route must not eat the whole timeout.
+                reader, writer = await asyncio.open_connection(
+                    host, port, limit=1 << 20, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY
+                )
         except TimeoutError:
             raise ConnectFailed(
                 f"could not connect to {host}:{port}: no answer within {self.timeout:g} s"
@@ -224,24 +287,56 @@ class RtmpPublisher:
         except socket.gaierror:
             raise ConnectFailed(f"could not connect: unknown host {host!r}") from None
         except OSError as exc:
-            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-            if exc.errno == errno.ECONNREFUSED:
-                reason += " (is the RTMP server running and listening on this port?)"
+            reason = _connect_reason(exc)
             raise ConnectFailed(f"could not connect to {host}:{port}: {reason}") from None
         if context is None:
             return reader, writer
         self._phase = "tls"
         # TLS keeps a buffer of its own above this one: together about WRITE_BUFFER_HIGH.
         writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH // 2)
+        probe_after = max(PLAIN_PROBE_AFTER, 3 * (loop.time() - started))
         try:
             async with asyncio.timeout_at(deadline):
-                await writer.start_tls(context, server_hostname=host)
+                await self._start_tls(writer, context, probe_after)
         except BaseException as exc:
             writer.transport.abort()
+            if isinstance(exc, ConnectFailed):
+                raise
             if isinstance(exc, Exception):  # not a cancellation
                 raise _tls_failure(exc, host, port, self.timeout) from None
             raise
         return reader, writer
+
+    async def _start_tls(
+        self, writer: asyncio.StreamWriter, context: ssl.SSLContext, probe_after: float
+    ) -> None:
+        """TLS handshake; a server still silent after ``probe_after`` s is asked in plain RTMP.
+
+        nginx-rtmp and SRS read 1537 bytes before they answer anything, more than
+        a ClientHello, so on their plain port a TLS handshake just waits. A second
+        connection sending C0+C1 gets S0 at once from them: then we know, and say so.
+        """
+        host, port = self.url.host, self.url.port
+        peer = writer.get_extra_info("peername")
+        handshake = asyncio.ensure_future(writer.start_tls(context, server_hostname=host))
+        probe: asyncio.Future[bool] | None = None
+        try:
+            await asyncio.wait({handshake}, timeout=probe_after)
+            if not handshake.done() and peer:
+                probe = asyncio.ensure_future(_speaks_plain_rtmp(peer[0], peer[1]))
+                await asyncio.wait({handshake, probe}, return_when=asyncio.FIRST_COMPLETED)
+                plain = probe.done() and probe.exception() is None and probe.result()
+                if plain and not handshake.done():
+                    raise ConnectFailed(
+                        f"{host}:{port} did not answer TLS (it speaks plain RTMP); "
+                        "use rtmp:// for this port, or the server's rtmps:// port (usually 443)"
+                    )
+            await handshake
+        finally:
+            for task in (handshake, probe):
+                if task is not None and not task.done():
+                    task.cancel()
+                    task.add_done_callback(_consume)
 
     def abandon(self) -> None:
         """The connection is given up: close() will not try to unpublish on it."""
@@ -260,6 +355,8 @@ class RtmpPublisher:
                     msg.command("deleteStream", self._transaction(), None, float(self.stream_id))
                 )
             log.info("unpublished", url=self.url.redacted)
+            self._phase = "closing"
+            await self._read_to_the_end()
         self._phase = "closed"
         writer, self._writer = self._writer, None
         writer.close()
@@ -271,11 +368,30 @@ class RtmpPublisher:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
+    async def _read_to_the_end(self) -> None:
+        """Say we are done sending, read what the server still sends until it hangs up.
+
+        Closing with its last acks unread makes the kernel send a reset, which a
+        server logs as an error instead of a clean end of stream. Over TLS the
+        close_notify exchange in ``close`` does the same.
+        """
+        assert self._writer is not None
+        transport = self._writer.transport
+        if self._read_task is None or not transport.can_write_eof():
+            return
+        with contextlib.suppress(OSError, RuntimeError):
+            transport.write_eof()
+            self._eof_sent = True
+            await asyncio.wait({self._read_task}, timeout=CLOSE_LINGER)
+
     # -- media ----------------------------------------------------------------
 
     async def send_metadata(self, metadata: dict[str, Any]) -> None:
+        """onMetaData as an ECMA array, as FFmpeg and OBS send it."""
         await self._send(
-            msg.data("@setDataFrame", "onMetaData", metadata, stream_id=self.stream_id)
+            msg.data(
+                "@setDataFrame", "onMetaData", amf0.EcmaArray(metadata), stream_id=self.stream_id
+            )
         )
 
     async def send_audio(self, timestamp_ms: int, body: bytes) -> None:
@@ -299,20 +415,29 @@ class RtmpPublisher:
         return self.window.acked
 
     def has_room(self) -> bool:
-        """Whether more media may be written now without hiding a backlog in buffers."""
-        return self.window.room(self.bytes_sent)
+        """Whether more media may be written now without hiding a backlog in buffers.
+
+        Two limits: the server's acks (the in-flight window) and our own buffers,
+        which fill once the kernel holds ``NOTSENT_LOWAT`` unsent bytes; the
+        latter is all there is against a server that never acknowledges.
+        """
+        buffered = self.write_buffer_size + self._unflushed_bytes
+        return buffered <= self._buffer_limit and self.window.room(self.bytes_sent)
 
     async def wait_for_room(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for ``has_room``: an ack, or our buffers draining."""
         self.acked.clear()
-        if not self.has_room():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                if self.write_buffer_size + self._unflushed_bytes > self._buffer_limit:
+                    await self.flush()  # drains the transport to its low-water mark
+                if not self.window.room(self.bytes_sent):
                     await self.acked.wait()
         self._raise_if_failed()
 
     @property
     def write_buffer_size(self) -> int:
-        """Bytes accepted by us but not yet by the kernel."""
+        """Bytes handed to the transport but not yet to the kernel."""
         return self._writer.transport.get_write_buffer_size() if self._writer else 0
 
     # -- internals ----------------------------------------------------------
@@ -337,6 +462,7 @@ class RtmpPublisher:
         self._raise_if_failed()
         data = self._out.encode(message)
         self._unflushed.append(data)
+        self._unflushed_bytes += len(data)
         self.bytes_sent += len(data)
 
     async def flush(self) -> None:
@@ -346,6 +472,7 @@ class RtmpPublisher:
         if self._unflushed:
             self._writer.write(b"".join(self._unflushed))
             self._unflushed.clear()
+            self._unflushed_bytes = 0
             self.window.sent(self.bytes_sent, asyncio.get_running_loop().time())
         try:
             await self._writer.drain()  # the watchdog aborts the transport if this stalls
@@ -386,7 +513,7 @@ class RtmpPublisher:
     async def _call(self, name: str, *args: Any) -> msg.Command:
         transaction = self._transaction()
         future: asyncio.Future[msg.Command] = asyncio.get_running_loop().create_future()
-        self._pending[transaction] = future
+        self._pending[transaction] = (name, future)
         try:
             await self._send(msg.command(name, transaction, *args))
             return await self._wait(future, name)
@@ -405,7 +532,7 @@ class RtmpPublisher:
             self._failure = error
             if self._phase == "live":
                 log.warning("connection lost", reason=error.message)
-        for future in [*self._pending.values(), self._publish_status]:
+        for future in [*(f for _, f in self._pending.values()), self._publish_status]:
             if future is not None and not future.done():
                 future.set_exception(self._failure)
                 future.exception()  # mark retrieved: the waiter may already be gone
@@ -454,7 +581,7 @@ class RtmpPublisher:
 
     def _write_now(self, message: Message) -> None:
         """Small control replies from the reader: written without waiting."""
-        if self._writer is not None and not self._writer.is_closing():
+        if self._writer is not None and not self._writer.is_closing() and not self._eof_sent:
             data = self._out.encode(message)
             self._writer.write(data)
             self.bytes_sent += len(data)
@@ -462,11 +589,11 @@ class RtmpPublisher:
     def _dispatch(self, message: Message) -> None:
         try:
             if message.type_id == msg.ACKNOWLEDGEMENT:
-                # The sequence number wraps at 4 GiB (hours of video): unwrap it
-                # against what we sent.
-                sequence = msg.u32(message.payload)
-                acked = self.bytes_sent - ((self.bytes_sent - sequence) % (1 << 32))
-                self.window.ack(max(0, acked), asyncio.get_running_loop().time())
+                # Only what reached the socket can have arrived.
+                sent = self.bytes_sent - self._unflushed_bytes
+                total = self._acks.update(msg.u32(message.payload), sent)
+                if total is not None:
+                    self.window.ack(total, asyncio.get_running_loop().time())
                 self.acked.set()
             elif message.type_id == msg.WINDOW_ACK_SIZE:
                 self._ack_window = msg.u32(message.payload)
@@ -475,25 +602,60 @@ class RtmpPublisher:
                 if len(payload) >= 6 and int.from_bytes(payload[:2], "big") == msg.PING_REQUEST:
                     self._write_now(msg.ping_response(payload[2:6]))
             elif message.type_id == msg.COMMAND_AMF0:
-                self._on_command(msg.parse_command(message.payload))
+                try:
+                    command = msg.parse_command(message.payload)
+                except ValueError as exc:
+                    self._unreadable_command(message.payload, exc)
+                else:
+                    self._on_command(command)
         except ValueError as exc:
             raise ProtocolError(f"server sent an invalid message: {exc}") from None
         # Set Chunk Size and Abort are applied by the chunk reader; Set Peer
         # Bandwidth and Acknowledgement need nothing from a publisher.
 
+    def _waiting_for(self, name: str, transaction: float) -> tuple[str, asyncio.Future[Any]] | None:
+        """What is waiting for this command: (what we asked, its future), if anything."""
+        if name in ("_result", "_error"):
+            pending = self._pending.get(transaction)
+            if pending is not None and not pending[1].done():
+                return pending
+        publish = self._publish_status
+        if publish is None or publish.done():
+            return None
+        if name == "onStatus" or (name == "_error" and transaction == self._publish_transaction):
+            return "publish", publish
+        return None
+
+    def _unreadable_command(self, payload: bytes, exc: ValueError) -> None:
+        """A command we cannot read fails only what waits for it; others are skipped."""
+        name, transaction = msg.peek_command(payload)
+        waiting = self._waiting_for(name, transaction) if name else None
+        if waiting is None:
+            log.debug("skipped a command we cannot read", command=name, reason=str(exc))
+            return
+        what, future = waiting
+        future.set_exception(
+            ProtocolError(f"server's answer to {what} ({name}) could not be read: {exc}")
+        )
+
     def _on_command(self, command: msg.Command) -> None:
         info = command.info()
         code = str(info.get("code", ""))
         description = str(info.get("description", ""))
-        if command.name in ("_result", "_error"):
-            future = self._pending.get(command.transaction)
-            if future is None or future.done():
-                return
-            if command.name == "_result":
-                future.set_result(command)
-            else:
+        waiting = self._waiting_for(command.name, command.transaction)
+        if command.name in ("_result", "_error") and waiting is not None:
+            what, future = waiting
+            if command.name == "_error":
                 future.set_exception(PublishRejected(code or "_error", description))
+                future.exception()  # mark retrieved: the waiter may already be gone
+            elif what != "publish":
+                future.set_result(command)
         elif command.name == "onStatus":
+            if not info and any(isinstance(a, amf0.Amf3) for a in command.args) and waiting:
+                waiting[1].set_exception(
+                    ProtocolError("server answered publish in AMF3, which this client cannot read")
+                )
+                return
             self._on_status(code, str(info.get("level", "")), description, info)
 
     def _on_status(self, code: str, level: str, description: str, info: dict[str, Any]) -> None:

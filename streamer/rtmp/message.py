@@ -86,6 +86,21 @@ def parse_command(payload: bytes) -> Command:
     return Command(values[0], transaction, values[2:])
 
 
+def peek_command(payload: bytes) -> tuple[str | None, float]:
+    """Name and transaction id of a command whose arguments may not decode (0.0 if absent)."""
+    try:
+        name, pos = amf0.decode_value(payload)
+    except ValueError:
+        return None, 0.0
+    if not isinstance(name, str):
+        return None, 0.0
+    try:
+        transaction, _ = amf0.decode_value(payload, pos)
+    except ValueError:
+        return name, 0.0
+    return name, transaction if isinstance(transaction, float) else 0.0
+
+
 def u32(payload: bytes) -> int:
     if len(payload) < 4:
         raise ValueError(f"control message too short: {len(payload)} bytes")

@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 from streamer.rtmp.amf0 import (
     _MAX_DEPTH,
     UNDEFINED,
+    Amf3,
+    Date,
     EcmaArray,
+    Reference,
+    TypedObject,
     decode,
     decode_value,
     encode,
@@ -57,6 +61,8 @@ def same(a: Any, b: Any) -> bool:
         if math.isnan(a) or math.isnan(b):
             return math.isnan(a) and math.isnan(b)
         return struct.pack(">d", a) == struct.pack(">d", b)
+    if isinstance(a, TypedObject) and a.class_name != b.class_name:
+        return False
     if isinstance(a, dict):
         return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list):
@@ -72,6 +78,8 @@ def normalized(value: Any) -> Any:
         return float(value)
     if isinstance(value, EcmaArray):
         return EcmaArray({k: normalized(v) for k, v in value.items()})
+    if isinstance(value, TypedObject):
+        return TypedObject(value.class_name, {k: normalized(v) for k, v in value.items()})
     if isinstance(value, dict):
         return {k: normalized(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -293,10 +301,57 @@ def test_malformed_raises_value_error(data: bytes) -> None:
     assert not isinstance(info.value, UnicodeError)
 
 
-@pytest.mark.parametrize("marker", [0x04, 0x07, 0x0B, 0x0D, 0x0E, 0x0F, 0x10, 0x11, 0x12, 0xFF])
+@pytest.mark.parametrize("marker", [0x04, 0x0D, 0x0E, 0x0F, 0x12, 0xFF])
 def test_unsupported_markers_raise_value_error(marker: int) -> None:
     with pytest.raises(ValueError):
         decode(bytes([marker]) + b"\x00" * 16)
+
+
+# --- the rare types servers send ------------------------------------------------------------
+
+
+def test_date_exact_bytes() -> None:
+    data = b"\x0b" + struct.pack(">d", 1.7e12) + b"\x00\x00"
+    assert decode(data) == [Date(1.7e12, 0)]
+    assert encode(Date(1.7e12)) == data
+    assert decode(b"\x0b" + struct.pack(">d", 0.0) + b"\xff\xc4") == [Date(0.0, -60)]
+
+
+def test_reference_exact_bytes() -> None:
+    assert decode(b"\x07\x00\x02") == [Reference(2)]
+    assert encode(Reference(2)) == b"\x07\x00\x02"
+
+
+def test_typed_object_exact_bytes_and_reads_as_a_dict() -> None:
+    data = b"\x10" + name("flex.messaging.Status") + name("code") + s("ok") + END
+    (value,) = decode(data)
+    assert isinstance(value, TypedObject)
+    assert value.class_name == "flex.messaging.Status"
+    assert value == {"code": "ok"}  # read like any object
+    assert encode(value) == data
+
+
+def test_avmplus_at_the_top_level_keeps_what_came_before_and_holds_the_rest() -> None:
+    data = s("onStatus") + num(0.0) + b"\x05" + b"\x11\x0a\x0b\x01\x09code"
+    assert decode(data) == ["onStatus", 0.0, None, Amf3(b"\x0a\x0b\x01\x09code")]
+    value, pos = decode_value(data, len(data) - 9)
+    assert (value, pos) == (Amf3(b"\x0a\x0b\x01\x09code"), len(data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x03" + name("a") + b"\x11\x01" + END,  # AMF3 inside an object: its end is unknown
+        b"\x0a" + u32(1) + b"\x11\x01",
+        b"\x0b" + struct.pack(">d", 1.0) + b"\x00",  # date short its time zone
+        b"\x07\x00",  # reference short its index
+        b"\x10" + name("Cls") + name("a") + num(1.0),  # typed object without end marker
+        b"\x10\x00",  # class name truncated
+    ],
+)
+def test_rare_types_malformed_raise_value_error(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode(data)
 
 
 def test_empty_input() -> None:
@@ -364,6 +419,8 @@ scalars = (
     | st.floats()
     | st.integers(min_value=-(2**63), max_value=2**63)
     | st.text(max_size=30)
+    | st.builds(Date, st.floats(allow_nan=False), st.integers(-(2**15), 2**15 - 1))
+    | st.builds(Reference, st.integers(0, 0xFFFF))
 )
 values = st.recursive(
     scalars,
@@ -372,6 +429,7 @@ values = st.recursive(
         | st.lists(inner, max_size=5).map(tuple)
         | st.dictionaries(keys, inner, max_size=5)
         | st.dictionaries(keys, inner, max_size=5).map(EcmaArray)
+        | st.builds(TypedObject, st.text(max_size=12), st.dictionaries(keys, inner, max_size=5))
     ),
     max_leaves=30,
 )
@@ -398,7 +456,7 @@ def test_fuzz_random_bytes(data: bytes) -> None:
 
 @FAST
 @given(
-    st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x05, 0x06, 0x08, 0x0A, 0x0C]),
+    st.sampled_from([0x00, 0x01, 0x02, 0x03, 0x05, 0x06, 0x07, 0x08, 0x0A, 0x0B, 0x0C, 0x10, 0x11]),
     st.binary(max_size=200),
 )
 def test_fuzz_valid_marker_then_random_bytes(marker: int, rest: bytes) -> None:

@@ -3,128 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from streamer.exc import ConnectFailed, PublishRejected
+from streamer.exc import ConnectFailed, ProtocolError, PublishRejected
 from streamer.rtmp import amf0
 from streamer.rtmp import message as m
-from streamer.rtmp.chunk import ChunkReader, ChunkWriter, Message
-from streamer.rtmp.client import RtmpPublisher
+from streamer.rtmp.chunk import Message
+from streamer.rtmp.client import NOTSENT_LOWAT, TCP_NOTSENT_LOWAT, RtmpPublisher
 from streamer.rtmp.url import parse_url
-
-KEY = "room?token=abc"
-
-
-@dataclass
-class ScriptedServer:
-    """Plays the server side of a publish; what the client sent is kept in ``received``."""
-
-    publish_status: tuple[str, str, str] = ("status", "NetStream.Publish.Start", "Started")
-    connect_error: str | None = None
-    after_publish: Callable[[ScriptedServer], Awaitable[None]] | None = None
-    received: list[Message] = field(default_factory=list)
-    commands: list[list[Any]] = field(default_factory=list)
-    out: ChunkWriter = field(default_factory=ChunkWriter)
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def send(self, msg: Message) -> None:
-        assert self.writer is not None
-        self.writer.write(self.out.encode(msg))
-
-    def reply(self, name: str, transaction: float, *args: Any, stream_id: int = 0) -> None:
-        self.send(m.command(name, transaction, *args, stream_id=stream_id))
-
-    async def next_message(self, chunks: ChunkReader, pending: list[Message]) -> Message:
-        assert self.reader is not None
-        while not pending:
-            data = await self.reader.read(65536)
-            if not data:
-                raise EOFError
-            pending.extend(chunks.feed(data))
-        msg = pending.pop(0)
-        self.received.append(msg)
-        return msg
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        c0c1 = await reader.readexactly(1537)
-        writer.write(b"\x03" + bytes(1536) + c0c1[1:])
-        await reader.readexactly(1536)
-        chunks, pending = ChunkReader(), list[Message]()
-        try:
-            while True:
-                msg = await self.next_message(chunks, pending)
-                if msg.type_id != m.COMMAND_AMF0:
-                    continue
-                cmd = amf0.decode(msg.payload)
-                self.commands.append(cmd)
-                name, txn = cmd[0], cmd[1]
-                if name == "connect":
-                    if self.connect_error:
-                        info = {
-                            "level": "error",
-                            "code": "NetConnection.Connect.Rejected",
-                            "description": self.connect_error,
-                        }
-                        self.reply("_error", txn, None, info)
-                        continue
-                    self.send(m.window_ack_size(2_500_000))
-                    self.send(m.control(m.SET_PEER_BANDWIDTH, struct.pack(">IB", 2_500_000, 2)))
-                    self.reply(
-                        "_result",
-                        txn,
-                        {"fmsVer": "FMS/3,0,1,123"},
-                        {"level": "status", "code": "NetConnection.Connect.Success"},
-                    )
-                elif name == "createStream":
-                    self.reply("_result", txn, None, 1.0)
-                elif name == "publish":
-                    level, code, description = self.publish_status
-                    self.reply(
-                        "onStatus",
-                        0,
-                        None,
-                        {"level": level, "code": code, "description": description},
-                        stream_id=1,
-                    )
-                    if self.after_publish:
-                        await self.after_publish(self)
-                elif name == "deleteStream":
-                    self.done.set()
-        except (EOFError, ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.done.set()
-            writer.close()
-
-
-async def publish_to(
-    server: ScriptedServer, body: Callable[[RtmpPublisher], Awaitable[None]], timeout: float = 3.0
-) -> None:
-    srv = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    port = srv.sockets[0].getsockname()[1]
-    publisher = RtmpPublisher(parse_url(f"rtmp://127.0.0.1:{port}/live/{KEY}"), timeout=timeout)
-    try:
-        async with srv:
-            try:
-                await publisher.connect()
-                await body(publisher)
-            finally:
-                await publisher.close()
-            await asyncio.wait_for(server.done.wait(), 5)
-    finally:
-        srv.close()
-
-
-def run(coro: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 20))  # type: ignore[arg-type]
+from tests.rtmpserver import KEY, ScriptedServer, frames, listening, publish_to, run
 
 
 def test_publish_sequence_as_the_server_sees_it() -> None:
@@ -199,3 +91,161 @@ def test_a_server_that_never_answers_publish_times_out() -> None:
     server = ScriptedServer(publish_status=("status", "NetStream.Something.Else", ""))
     with pytest.raises(ConnectFailed, match=r"did not answer publish within 0\.5 s"):
         run(publish_to(server, lambda p: asyncio.sleep(0), timeout=0.5))
+
+
+def test_connect_is_transaction_1_and_metadata_an_ecma_array() -> None:
+    server = ScriptedServer()
+
+    async def body(p: RtmpPublisher) -> None:
+        await p.send_metadata({"width": 640.0})
+
+    run(publish_to(server, body))
+    assert server.commands[0][:2] == ["connect", 1.0]  # as the spec, FFmpeg and librtmp
+    transactions = [c[1] for c in server.commands if c[0] != "publish"]
+    assert len(set(transactions)) == len(transactions)
+    meta = next(x for x in server.received if x.type_id == m.DATA_AMF0)
+    assert type(amf0.decode(meta.payload)[2]) is amf0.EcmaArray  # as FFmpeg and OBS
+
+
+def test_publish_answered_with_error_gives_the_servers_reason_at_once() -> None:
+    server = ScriptedServer(publish_error=("NetStream.Publish.Denied", "key expired"))
+    loop_time: list[float] = []
+
+    async def go() -> None:
+        start = asyncio.get_running_loop().time()
+        try:
+            await publish_to(server, lambda p: asyncio.sleep(0), timeout=10)
+        finally:
+            loop_time.append(asyncio.get_running_loop().time() - start)
+
+    with pytest.raises(PublishRejected) as info:
+        run(go())
+    assert info.value.code == "NetStream.Publish.Denied"
+    assert "key expired" in info.value.message
+    assert loop_time[0] < 1.0, f"took {loop_time[0]:.1f} s"
+
+
+class BrokenConnectAnswer(ScriptedServer):
+    """Answers connect with an object we cannot read: AMF3 inside it."""
+
+    def _on_connect(self, txn: float) -> None:
+        payload = amf0.encode("_result", txn, None) + b"\x03\x00\x01a\x11\x01\x00\x00\x09"
+        self.send(Message(m.CSID_COMMAND, 0, m.COMMAND_AMF0, 0, payload))
+
+
+def test_an_unreadable_answer_we_wait_for_is_a_clear_error() -> None:
+    with pytest.raises(ProtocolError, match=r"answer to connect \(_result\) could not be read"):
+        run(publish_to(BrokenConnectAnswer(), lambda p: asyncio.sleep(0), timeout=10), 5)
+
+
+class BrokenPublishAnswer(ScriptedServer):
+    """Answers publish with an onStatus we cannot read."""
+
+    def _on_publish(self, txn: float) -> None:
+        payload = amf0.encode("onStatus", 0.0, None) + b"\x03\x00\x04code\x11\x01\x00\x00\x09"
+        self.send(Message(m.CSID_COMMAND, 0, m.COMMAND_AMF0, 1, payload))
+
+
+def test_an_unreadable_status_while_publishing_is_a_clear_error() -> None:
+    with pytest.raises(ProtocolError, match=r"answer to publish \(onStatus\) could not be read"):
+        run(publish_to(BrokenPublishAnswer(), lambda p: asyncio.sleep(0), timeout=10), 5)
+
+
+def test_commands_nobody_waits_for_may_carry_anything() -> None:
+    async def after_publish(server: ScriptedServer) -> None:
+        unreadable = amf0.encode("onWhatever", 0.0, None) + b"\x03\x00\x01a\x11\x01"
+        server.send(Message(m.CSID_COMMAND, 0, m.COMMAND_AMF0, 0, unreadable))
+        server.send(Message(m.CSID_COMMAND, 0, m.COMMAND_AMF0, 0, b"\x0d"))  # not even a name
+        server.reply("onTime", 0, None, {"now": amf0.Date(1.7e12)}, amf0.Reference(0))
+        server.reply("onStatus", 0, None, {"code": "NetStream.Info"}, amf0.Amf3(b"\x0a"))
+        server.ping()
+
+    server = ScriptedServer(after_publish=after_publish)
+
+    async def body(p: RtmpPublisher) -> None:
+        await asyncio.wait_for(server.pong.wait(), 5)  # it read them all and is still live
+        for ts, frame in frames(30, 2000):
+            await p.send_video(ts, frame)
+
+    with capture_logs() as logs:
+        run(publish_to(server, body))
+    assert len(server.media(m.VIDEO)) == 30
+    skipped = [e for e in logs if e["event"] == "skipped a command we cannot read"]
+    assert [e["command"] for e in skipped] == ["onWhatever", None]
+    assert all(e["log_level"] == "debug" for e in skipped)
+
+
+def test_close_reads_the_servers_last_words_and_ends_with_a_fin() -> None:
+    server = ScriptedServer()
+
+    async def body(p: RtmpPublisher) -> None:
+        await p.send_video(0, bytes(50_000))
+        self_ref.append(p)
+
+    self_ref: list[RtmpPublisher] = []
+    run(publish_to(server, body))
+    [publisher] = self_ref
+    assert server.command_names()[-2:] == ["FCUnpublish", "deleteStream"]
+    assert publisher.bytes_received == server.bytes_written  # its answers to both, too
+    assert server.clean_end is True
+
+
+def test_the_kernel_holds_only_tens_of_kib_unsent() -> None:
+    seen: list[int] = []
+
+    async def body(p: RtmpPublisher) -> None:
+        assert p._writer is not None
+        sock = p._writer.get_extra_info("socket")
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT))
+
+    run(publish_to(ScriptedServer(), body))
+    assert seen == [NOTSENT_LOWAT]
+    assert 16 * 1024 <= NOTSENT_LOWAT <= 64 * 1024
+
+
+def test_a_blackholed_ipv6_address_does_not_eat_the_connect_timeout() -> None:
+    """The host resolves to ::1 first, where nothing answers (a full accept queue drops
+    SYNs, as a blackholed route would), then to 127.0.0.1, where the server is."""
+    hole = socket.socket(socket.AF_INET6)
+    hole.bind(("::1", 0))
+    hole.listen(0)
+    hole_port = hole.getsockname()[1]
+    fillers = []
+    while True:  # fill the accept queue until a connection attempt gets no answer
+        filler = socket.socket(socket.AF_INET6)
+        filler.settimeout(0.3)
+        fillers.append(filler)
+        try:
+            filler.connect(("::1", hole_port))
+        except TimeoutError:
+            break
+    server = ScriptedServer()
+    took: list[float] = []
+
+    async def go() -> None:
+        async with listening(server) as port:
+            loop = asyncio.get_running_loop()
+
+            async def resolve(host: str, port_: Any, **kwargs: Any) -> list[Any]:
+                assert host == "dual.example"
+                return [
+                    (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", hole_port, 0, 0)),
+                    (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+                ]
+
+            loop.getaddrinfo = resolve  # type: ignore[method-assign,assignment]
+            publisher = RtmpPublisher(parse_url(f"rtmp://dual.example:{port}/live/k"), timeout=5)
+            start = loop.time()
+            try:
+                await publisher.connect()
+                took.append(loop.time() - start)
+            finally:
+                await publisher.close()
+
+    try:
+        run(go())
+    finally:
+        for s in [hole, *fillers]:
+            s.close()
+    assert took[0] < 1.5, f"took {took[0]:.1f} s"
+    assert server.command_names()[0] == "connect"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 
 import av
@@ -34,9 +35,73 @@ def test_decoder_config_record_fields() -> None:
     assert record[:6] == bytes([1, 0x64, 0x00, 0x1F, 0xFF, 0xE1])
     assert record[6:8] == struct.pack(">H", len(sps)) and record[8 : 8 + len(sps)] == sps
     rest = record[8 + len(sps) :]
-    assert rest == bytes([1]) + struct.pack(">H", len(pps)) + pps
+    # High profile (0x64): 4:2:0, 8 bit, no SPS extensions after the PPS
+    assert rest == bytes([1]) + struct.pack(">H", len(pps)) + pps + b"\xfd\xf8\xf8\x00"
     with pytest.raises(ValueError):
         flv.avc_decoder_config(b"\x00\x00\x00\x01" + sps)
+
+
+def ffmpeg_record(pix_fmt: str, preset: str) -> tuple[bytes, bytes]:
+    """libx264's Annex B extradata, and the record FFmpeg's FLV muxer makes of it."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="flv") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, pix_fmt
+        stream.codec_context.options = {"preset": preset}
+        frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+        frame = frame.reformat(format=pix_fmt)
+        frame.pts = 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+        extradata = bytes(stream.codec_context.extradata or b"")
+    data, pos = buf.getvalue(), 13  # after the FLV header and PreviousTagSize0
+    while pos < len(data):
+        size = int.from_bytes(data[pos + 1 : pos + 4], "big")
+        body = data[pos + 11 : pos + 11 + size]
+        if data[pos] == 9 and body[1] == 0:  # video, AVC sequence header
+            return extradata, body[5:]
+        pos += 11 + size + 4
+    raise AssertionError("FFmpeg wrote no AVC sequence header")
+
+
+@pytest.mark.parametrize(
+    ("pix_fmt", "preset", "profile", "trailer"),
+    [
+        ("yuv420p", "veryfast", 100, b"\xfd\xf8\xf8\x00"),  # High: what we stream
+        ("gray", "veryfast", 100, b"\xfc\xf8\xf8\x00"),  # High, monochrome
+        ("yuv420p10le", "veryfast", 110, b"\xfd\xfa\xfa\x00"),  # High 10
+        ("yuv422p", "veryfast", 122, b"\xfe\xf8\xf8\x00"),  # High 4:2:2
+        ("yuv444p", "veryfast", 244, b"\xff\xf8\xf8\x00"),  # High 4:4:4 Predictive
+        ("yuv420p", "ultrafast", 66, b""),  # Baseline: no trailer
+    ],
+)
+def test_decoder_config_record_is_what_ffmpeg_writes(
+    pix_fmt: str, preset: str, profile: int, trailer: bytes
+) -> None:
+    extradata, theirs = ffmpeg_record(pix_fmt, preset)
+    ours = flv.avc_decoder_config(extradata)
+    assert ours[1] == profile
+    assert ours == theirs
+    assert ours.endswith(pps_of(extradata) + trailer)
+
+
+def pps_of(extradata: bytes) -> bytes:
+    return next(n for n in flv.split_annexb(extradata) if n[0] & 0x1F == flv.NAL_PPS)
+
+
+def test_an_sps_with_emulation_prevention_bytes_is_read_as_its_rbsp() -> None:
+    # level 0 puts 00 00 before the Exp-Golomb codes: the encoder inserts 03 there
+    codes = "1" + "011" + "011" + "011"  # sps_id 0, chroma 2 (4:2:2), luma +2, chroma +2
+    rbsp = int(codes.ljust(16, "0"), 2).to_bytes(2, "big")
+    sps = b"\x67\x64\x00\x00\x03" + rbsp
+    assert flv.sps_chroma(sps) == (2, 2, 2)
+
+
+def test_an_impossible_sps_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        flv.sps_chroma(b"\x67\x64\x00\x1f")  # ends before sps_id
+    with pytest.raises(ValueError):
+        flv.sps_chroma(b"\x67\x64\x00\x1f\x97")  # chroma_format_idc 4
 
 
 def test_real_decoder_decodes_our_packets_from_our_sequence_header() -> None:

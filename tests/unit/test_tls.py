@@ -7,6 +7,7 @@ side is the scripted server of test_client, wrapped in TLS by asyncio.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -22,7 +23,7 @@ from streamer.rtmp import client
 from streamer.rtmp import message as m
 from streamer.rtmp.client import INSECURE_WARNING, RtmpPublisher, tls_context
 from streamer.rtmp.url import parse_url
-from tests.unit.test_client import ScriptedServer
+from tests.rtmpserver import ScriptedServer
 
 KEY = "tls-room"
 T = TypeVar("T")
@@ -80,8 +81,12 @@ async def publish_over_tls(
     *,
     insecure: bool = False,
     sni: list[str | None] | None = None,
+    lowat: list[int] | None = None,
 ) -> ScriptedServer:
-    """Publish one video message to a TLS-wrapped scripted server; what it saw."""
+    """Publish one video message to a TLS-wrapped scripted server; what it saw.
+
+    ``lowat`` receives the TCP socket's TCP_NOTSENT_LOWAT while connected.
+    """
     server = ScriptedServer()
     srv = await asyncio.start_server(server.handle, "127.0.0.1", 0, ssl=server_context(files, sni))
     port = srv.sockets[0].getsockname()[1]
@@ -91,6 +96,9 @@ async def publish_over_tls(
         async with srv:
             try:
                 await publisher.connect()
+                if lowat is not None and publisher._writer is not None:
+                    sock = publisher._writer.get_extra_info("socket")
+                    lowat.append(sock.getsockopt(socket.IPPROTO_TCP, client.TCP_NOTSENT_LOWAT))
                 await publisher.send_video(0, b"\x17\x00\x00\x00\x00" + bytes(20_000))
             finally:
                 await publisher.close()
@@ -159,8 +167,10 @@ def test_publishes_over_tls_to_a_trusted_server(
 ) -> None:
     trust(monkeypatch, certs.trusted)
     sni: list[str | None] = []
-    server = run(publish_over_tls(certs.trusted, host, sni=sni))
+    lowat: list[int] = []
+    server = run(publish_over_tls(certs.trusted, host, sni=sni, lowat=lowat))
     assert sni == ([host] if host == "localhost" else [None])  # no SNI for an IP address
+    assert lowat == [client.NOTSENT_LOWAT]  # under TLS too: the TCP socket below it
     assert [c[0] for c in server.commands][:5] == [
         "connect",
         "releaseStream",
