@@ -20,6 +20,7 @@ from tests.media_check import MediaReport
 WHITE = 235  # the flash's luma
 PAIR_MS = 500  # a click further than this from a flash belongs to another second
 EDGE_MS = 1000  # flashes this close to either end of the recording may lack their click
+PARTIAL = 0.2  # a flash whose frames show less (or more) light than this off 1 lost a frame
 
 
 def click_times_ms(samples: npt.NDArray[np.float32], rate: int, start_ms: int) -> list[float]:
@@ -33,6 +34,7 @@ def click_times_ms(samples: npt.NDArray[np.float32], rate: int, start_ms: int) -
 class Flash:
     centre_ms: float  # light-weighted mean time of the frames that show it
     brightest_ms: float  # time of the frame that shows most of it
+    light: float  # how much of the flash the frames show: 1 when none of them is missing
 
 
 def flashes(report: MediaReport) -> list[Flash]:
@@ -51,6 +53,7 @@ def flashes(report: MediaReport) -> list[Flash]:
                 Flash(
                     centre_ms=float(np.sum(w * times[group]) / np.sum(w)),
                     brightest_ms=float(times[group[int(np.argmax(w))]]),
+                    light=float(np.sum(w)),
                 )
             )
             group = []
@@ -65,6 +68,8 @@ class SyncResult:
     nearest_frame_ms: list[float] = field(default_factory=list)  # click - brightest frame
     unpaired_flashes_ms: list[float] = field(default_factory=list)
     unpaired_clicks_ms: list[float] = field(default_factory=list)
+    # flashes a frame of which the camera skipped (a busy machine): their centre is off
+    partial_flashes_ms: list[float] = field(default_factory=list)
 
     @property
     def median_ms(self) -> float:
@@ -80,7 +85,8 @@ class SyncResult:
             f"worst {self.worst_ms:.1f} ms (nearest frame worst "
             f"{max(abs(o) for o in self.nearest_frame_ms):.1f} ms); unpaired flashes "
             f"{[round(t) for t in self.unpaired_flashes_ms]}, clicks "
-            f"{[round(t) for t in self.unpaired_clicks_ms]}"
+            f"{[round(t) for t in self.unpaired_clicks_ms]}; partial flashes left out "
+            f"{[round(t) for t in self.partial_flashes_ms]}"
         )
 
 
@@ -100,6 +106,9 @@ def measure_sync(report: MediaReport) -> SyncResult:
             continue
         i = min(near, key=lambda i: abs(clicks[i] - flash.centre_ms))
         paired.add(i)
+        if abs(flash.light - 1) > PARTIAL:
+            result.partial_flashes_ms.append(flash.centre_ms)
+            continue
         result.offsets_ms.append(clicks[i] - flash.centre_ms)
         result.nearest_frame_ms.append(clicks[i] - flash.brightest_ms)
     result.unpaired_clicks_ms = [

@@ -20,7 +20,7 @@ from streamer.media import AudioConfig, Kind, Packet
 
 # A period stamped further than this from where the sample count puts it
 # moves the count's anchor: the source knows when its sound was captured.
-REANCHOR_MS = 5
+REANCHOR_MS = 2
 
 
 class AacEncoder:

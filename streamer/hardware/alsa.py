@@ -1,7 +1,10 @@
 """ALSA microphone capture through pyalsaaudio: a USB or I2S microphone on the device.
 
 Periods are stamped by sample count from one anchor on the monotonic clock,
-so timestamps advance exactly with the audio. Every read is checked against
+so timestamps advance exactly with the audio. The anchor is the earliest
+capture time the reads allow (a read returns a period after its last sample
+was captured, never before), so a slow first wake-up does not delay the
+sound against the picture for the rest of the run. Every read is checked against
 the monotonic clock. Audio the device lost is replaced by as much silence as
 the clock says is missing, because the AAC encoder stamps packets by sample
 count: a gap closed up would pull all later audio ahead of the video. That
@@ -177,6 +180,12 @@ class AlsaMicrophone:
         live = returned - called >= LIVE_SHARE * n / rate
         if lag < -DRIFT_TOLERANCE:
             self._reanchor(returned, measured, lag)
+            stamp = measured
+        elif lag < 0:
+            # No sample is handed out before it was captured, so ``measured``
+            # bounds the truth from above: a stamp later than it carries our
+            # own late wake-up (the first read's). Keep the earliest bound.
+            self._anchor += lag
             stamp = measured
         elif live and lag > DRIFT_TOLERANCE:
             # Audio went missing, or the device clock is slow. One late wake-up

@@ -118,10 +118,18 @@ def test_captures_the_tone_sample_for_sample_at_real_pace(
     fps = (len(audio) - PERIOD) / (blocks[-1][3] - blocks[0][3])
     print(f"measured {fps:.0f} frames/s")
     assert abs(fps / RATE - 1) < 0.02
-    # stamps advance by sample count and stay with the monotonic clock
+    # stamps advance by sample count, or step back a little towards the truth,
+    # and stay with the monotonic clock
     stamps = np.array([b[1] for b in blocks])
-    assert np.allclose(np.diff(stamps), PERIOD / RATE, rtol=0, atol=1e-9)
+    steps = np.diff(stamps) - PERIOD / RATE
+    assert steps.max() < 1e-9 and steps.min() > -0.005, steps
     assert max(abs(b[1] - latest(b)) for b in blocks) < 0.020
+    # the FIFO's ADC captured period k from started_at + k periods: after the
+    # first few reads the stamps are that, within our wake-up's latency
+    truth = fifo.started_at + np.arange(len(stamps)) * PERIOD / RATE
+    error_ms = (stamps - truth)[10:] * 1000
+    print(f"stamp error after 10 periods: {error_ms.min():.2f}..{error_ms.max():.2f} ms")
+    assert error_ms.min() > -0.5 and error_ms.max() < 3
     assert (mic.overruns, mic.reanchors) == (0, 0)
 
 
