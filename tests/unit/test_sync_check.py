@@ -30,7 +30,7 @@ def synthetic(
     for start in range(0, len(samples), 1024):
         first = 100 + start / RATE - audio_late_ms / 1000
         samples[start : start + 1024] = click(samples[start : start + 1024], first, RATE)
-    report.audio = [samples[:, 0].astype(np.float32) / 32768]
+    report.audio = [(samples[:, 0] / 32768).astype(np.float32)]
     report.audio_pts_ms = [0, round(10_000 - 1000 * 1024 / RATE)]
     return report
 
