@@ -97,11 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if proc.poll() is not None:
                     print(f"streamer exited with {proc.returncode}; see {log_path}")
                     return 1
+                # /proc first: the status request's own connection is not the process's
+                rss, fds, threads = proc_sample(proc.pid)
                 try:
                     snap = status(port)
                 except OSError:
                     continue  # the page is not up yet
-                rss, fds, threads = proc_sample(proc.pid)
                 sample = Sample(
                     t=time.monotonic() - started,
                     rss_mb=rss,
