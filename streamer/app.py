@@ -25,6 +25,7 @@ from streamer.encode.select import ready_config
 from streamer.exc import (
     ConnectFailed,
     ConnectionLost,
+    DeliveryFailed,
     ProtocolError,
     PublishRejected,
     StreamerError,
@@ -32,6 +33,7 @@ from streamer.exc import (
 from streamer.media import Kind, Packet
 from streamer.net.backoff import Backoff
 from streamer.net.bitrate import BitrateController
+from streamer.net.delivery import Delivery, shortfall
 from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS, QueueCounters
 from streamer.pipeline import Pipeline
 from streamer.rtmp.client import RtmpPublisher
@@ -116,6 +118,8 @@ class Streamer:
         self.counters = QueueCounters()
         self.reconnects = 0
         self.video_packets_sent = 0
+        self.delivery = Delivery()  # which written video frames the server acknowledged
+        self._duration_reached = False
         self.started = time.monotonic()
         self.sent_kbps = 0
         self.fps = 0.0
@@ -234,6 +238,17 @@ class Streamer:
             await self._teardown(graceful=True)
             if self.state.state != IDLE:
                 self.state.fire("stop", "shutting down")
+        if self._duration_reached:
+            self._judge_delivery()
+
+    def _judge_delivery(self) -> None:
+        """A --duration run succeeds only if the server got most of the video captured live."""
+        delivered = self.delivery.delivered
+        live = self.delivery.captured_live(self.counters.dropped(Kind.VIDEO))
+        log.info("delivered", video_frames=delivered, captured_live=live)
+        problem = shortfall(delivered, live)
+        if problem is not None:
+            raise DeliveryFailed(problem)
 
     async def _relay(self, shutdown: asyncio.Event) -> None:
         await shutdown.wait()
@@ -356,7 +371,9 @@ class Streamer:
         while not shutdown.is_set() and self._want_running:
             now = time.monotonic()
             if self._deadline is not None and now >= self._deadline:
+                self._duration_reached = True
                 return True
+            self.delivery.received(publisher.bytes_delivered)
             pipeline.check()
             stats.maybe_log(now)
             self._adapt(publisher, pipeline, now)
@@ -443,15 +460,20 @@ class Streamer:
             body = flv.avc_frame(packet.data, packet.keyframe, packet.pts_ms - packet.dts_ms)
             publisher.write_video(ts, body)
             self.video_packets_sent += 1
+            self.delivery.written(publisher.bytes_sent)
         else:
             publisher.write_audio(ts, flv.aac_frame(packet.data))
 
     async def _close_publisher(self, graceful: bool) -> None:
         publisher, self.publisher = self.publisher, None
         if publisher is not None:
+            self.delivery.received(publisher.bytes_delivered)
             if not graceful:
                 publisher.abandon()
             await publisher.close()
+            if publisher.server_acked is not None:  # its last acks, read while closing
+                self.delivery.received(publisher.server_acked)
+            self.delivery.session_ended()
 
     async def _teardown(self, graceful: bool) -> None:
         """Stop capture; when graceful and live, send what the encoders flushed, unpublish."""

@@ -35,6 +35,10 @@ class ConnectionLost(StreamerError):
     """An established RTMP connection broke or stalled."""
 
 
+class DeliveryFailed(StreamerError):
+    """A run reached its end, but the server got too little of the video captured live."""
+
+
 class ProtocolError(StreamerError):
     """The server sent something that is not valid RTMP."""
 

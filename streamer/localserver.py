@@ -1,7 +1,8 @@
 """A throwaway nginx-rtmp on loopback, for `streamer demo` and the integration tests.
 
 It lives in its own temporary directory, listens on a free 127.0.0.1 port,
-records every publish to FLV, and is stopped by its pid. Applications:
+records every publish to FLV (unless ``record=False``), and is stopped by
+its pid. Applications:
 ``live`` (records, viewers join at a keyframe) and ``locked`` (every publish
 is refused, as a wrong stream key would be).
 
@@ -48,9 +49,7 @@ rtmp {{
             live on;
             wait_key on;
             wait_video on;
-            record all;
-            record_path {dir}/rec;
-            record_unique on;
+{record}
         }}
         application locked {{
             live on;
@@ -59,6 +58,12 @@ rtmp {{
     }}
 }}
 """
+
+RECORD = """\
+            record all;
+            record_path {dir}/rec;
+            record_unique on;"""
+NO_RECORD = "            record off;"
 
 # TLS in front of the RTMP port, as an rtmps:// provider's edge would be.
 TLS_CONFIG = """\
@@ -182,7 +187,8 @@ class LocalRtmpServer:
     """Start with ``with LocalRtmpServer() as server:``; URLs from ``url(key)``.
 
     ``tls=(certfile, keyfile)`` adds a TLS port (``tls_port``) in front of the
-    RTMP one; its URLs come from ``rtmps_url(key)``.
+    RTMP one; its URLs come from ``rtmps_url(key)``. ``record=False`` keeps
+    nothing on disk (gigabytes at loopback speed in seconds).
     """
 
     def __init__(
@@ -191,8 +197,10 @@ class LocalRtmpServer:
         *,
         tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
         tls_port: int | None = None,
+        record: bool = True,
     ) -> None:
         self.port = port or free_port()
+        self.record = record
         self.tls = (Path(tls[0]).resolve(), Path(tls[1]).resolve()) if tls else None
         self.tls_port = (tls_port or free_port()) if tls else None
         self.dir = Path(tempfile.mkdtemp(prefix="streamer-rtmp-"))
@@ -209,7 +217,10 @@ class LocalRtmpServer:
         return f"rtmps://localhost:{self.tls_port}/{app}/{key}"
 
     def _config(self) -> str:
-        text = CONFIG.format(load_module=_module_line(), dir=self.dir, port=self.port)
+        record = (RECORD if self.record else NO_RECORD).format(dir=self.dir)
+        text = CONFIG.format(
+            load_module=_module_line(), dir=self.dir, port=self.port, record=record
+        )
         if self.tls is None or self.tls_port is None:
             return text
         module = _module_line(STREAM_MODULE_PATHS)

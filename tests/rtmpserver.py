@@ -19,6 +19,9 @@ Server flavours, all off by default:
   mediamtx's does, so acks run ahead of what the client counts as sent.
 - ``publish_error``: publish answered with ``_error`` instead of onStatus.
 - ``read_rate``/``rcvbuf``: a server (or link) that takes bytes slowly.
+- ``stop_reading_after``: after that many bytes it reads (and acks) nothing
+  more but keeps the connection open, as a hung server application does; its
+  socket buffers fill and then TCP takes nothing either.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class ScriptedServer:
     counter_start: int = 0
     count_handshake: bool = False
     read_rate: float | None = None  # bytes/s
+    stop_reading_after: int | None = None  # bytes after the handshake
     # what happened
     received: list[Message] = field(default_factory=list)
     commands: list[list[Any]] = field(default_factory=list)
@@ -142,6 +146,8 @@ class ScriptedServer:
     async def next_message(self, chunks: ChunkReader, pending: list[Message]) -> Message:
         assert self.reader is not None
         while not pending:
+            if self.stop_reading_after is not None and self.bytes_read >= self.stop_reading_after:
+                await asyncio.Event().wait()  # hung: until the client or the test goes away
             data = await self.reader.read(16384 if self.read_rate else 65536)
             if not data:
                 raise EOFError

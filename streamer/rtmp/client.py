@@ -414,6 +414,13 @@ class RtmpPublisher:
         """Bytes the server has acknowledged so far (None until it first acks)."""
         return self.window.acked
 
+    @property
+    def bytes_delivered(self) -> int:
+        """What the server acknowledged; from one that never acks, what the kernel took."""
+        if self.window.acked is not None:
+            return self.window.acked
+        return self.bytes_sent - self._unflushed_bytes - self.write_buffer_size
+
     def has_room(self) -> bool:
         """Whether more media may be written now without hiding a backlog in buffers.
 
