@@ -117,13 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconnect-delay",
         type=_ranged(float, 0.1, 3600, " s"),
         metavar="SECONDS",
-        help="wait before the first reconnect attempt, doubling after each (1)",
+        help="wait before the first reconnect attempt, doubling after each, "
+        "at most 4 s apart for the first 90 s of an outage (1)",
     )
     run.add_argument(
         "--reconnect-max-delay",
         type=_ranged(float, 0.1, 3600, " s"),
         metavar="SECONDS",
-        help="the longest wait between reconnect attempts (30)",
+        help="the longest wait between reconnect attempts, reached after 4.5 minutes "
+        "of outage (30)",
     )
     run.add_argument(
         "--error-cooldown",
