@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 
@@ -90,8 +91,18 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=["auto", "console", "plain", "json"])
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose one-line error goes where the log goes (JSON under journald)."""
+
+    def error(self, message: str) -> NoReturn:
+        if not logsetup.json_output():
+            super().error(message)
+        logsetup.fatal(f"{self.prog}: {message}", 2)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
+    parser = _Parser(prog="streamer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="stream camera and microphone to an RTMP server")
     run.add_argument(
@@ -380,6 +391,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logsetup.configure()  # even a bad command line is a log line under journald
     args = build_parser().parse_args(argv)
     logsetup.configure(
         getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "auto"
@@ -394,10 +406,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "doctor":
             return doctor(args)
     except StreamerError as exc:
-        print(f"streamer: error: {logsetup.redact(exc.message)}", file=sys.stderr)
+        logsetup.fatal(exc.message, exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return 0
+    except Exception:
+        if not logsetup.json_output():
+            raise
+        log.critical("streamer: crashed", exc_info=True)  # the traceback as one journal entry
+        return 1
     return 0
 
 
