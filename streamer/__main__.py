@@ -16,6 +16,7 @@ import structlog
 from streamer import log as logsetup
 from streamer.app import Settings, Streamer
 from streamer.config import DEFAULT_PATH, Config, load_config, stream_url, with_overrides
+from streamer.controls.panel import open_controls
 from streamer.exc import ConfigError, StreamerError
 from streamer.rtmp.url import parse_url
 from streamer.state import ERROR, LIVE, RECONNECTING, mermaid_diagram
@@ -279,23 +280,16 @@ async def stream(
     loop = asyncio.get_running_loop()
     streamer = streamer or Streamer(settings)
     with contextlib.ExitStack() as controls:
-        if led:
-            from streamer.controls.led import StatusLed
-
-            status_led = controls.enter_context(StatusLed(led))
-            status_led.show(streamer.state.state)
-            streamer.state.subscribe(lambda _old, new, _reason: status_led.show(new))
-        if button:
-            from streamer.controls.button import StartStopButton
-
+        # A button or LED that cannot be opened is logged and left out: the stream matters more.
+        panel = open_controls(
+            controls,
+            streamer.state,
+            button=button,
+            led=led,
             # gpiozero calls back from its own thread: hand the command to the loop.
-            controls.enter_context(
-                StartStopButton(
-                    button,
-                    on_toggle=lambda: _on_loop(loop, streamer.toggle, "button"),
-                    on_reset=lambda: _on_loop(loop, streamer.reset, "button held"),
-                )
-            )
+            on_toggle=lambda: _on_loop(loop, streamer.toggle, "button"),
+            on_reset=lambda: _on_loop(loop, streamer.reset, "button held"),
+        )
         notifier = Notifier.from_env()
         controls.callback(notifier.close)
         streamer.state.subscribe(lambda _old, new, reason: _tell_systemd(notifier, new, reason))
@@ -307,7 +301,7 @@ async def stream(
             from streamer.status import StatusServer
 
             status = StatusServer(
-                streamer.snapshot,
+                lambda: {**streamer.snapshot(), "controls": panel.summary()},
                 on_start=lambda: streamer.start("status page"),
                 on_stop=lambda: streamer.stop("status page"),
                 port=status_port,

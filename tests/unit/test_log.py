@@ -99,3 +99,18 @@ def test_journal_stream_names_the_file_it_is(tmp_path: Path) -> None:
     assert lines[1] == "streamer: error: bad"
     assert lines[2].startswith("<3>") and "plain, in the journal" in lines[2]
     assert lines[3] == "<3>streamer: error: bad"
+
+
+def test_a_device_going_into_error_is_an_error_in_the_journal() -> None:
+    """journalctl -p err shows why the service is in error, not only why it exited."""
+    from streamer.state import DeviceState
+
+    out = io.StringIO()
+    logsetup.configure("info", "auto", stream=out, env={"JOURNAL_STREAM": "8:12345"})
+    state = DeviceState()
+    state.fire("start", "service start")
+    state.fire("connection_lost", "connection refused; retrying in 1.0 s")
+    state.fire("fail", "camera 0: no camera detected")
+    lines = [line for line in out.getvalue().splitlines() if '"event": "state"' in line]
+    assert [line[:3] for line in lines] == ["<6>", "<4>", "<3>"]
+    assert "no camera detected" in lines[-1]
