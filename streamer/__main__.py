@@ -9,12 +9,14 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 
 from streamer import log as logsetup
 from streamer.app import Settings, Streamer
 from streamer.config import DEFAULT_PATH, Config, load_config, stream_url, with_overrides
+from streamer.controls.panel import open_controls
 from streamer.exc import ConfigError, StreamerError
 from streamer.rtmp.url import parse_url
 from streamer.state import ERROR, LIVE, RECONNECTING, mermaid_diagram
@@ -90,8 +92,18 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=["auto", "console", "plain", "json"])
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose one-line error goes where the log goes (JSON under journald)."""
+
+    def error(self, message: str) -> NoReturn:
+        if not logsetup.json_output():
+            super().error(message)
+        logsetup.fatal(f"{self.prog}: {message}", 2)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamer", description=__doc__)
+    parser = _Parser(prog="streamer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="stream camera and microphone to an RTMP server")
     run.add_argument(
@@ -117,13 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--reconnect-delay",
         type=_ranged(float, 0.1, 3600, " s"),
         metavar="SECONDS",
-        help="wait before the first reconnect attempt, doubling after each (1)",
+        help="wait before the first reconnect attempt, doubling after each, "
+        "at most 4 s apart for the first 90 s of an outage (1)",
     )
     run.add_argument(
         "--reconnect-max-delay",
         type=_ranged(float, 0.1, 3600, " s"),
         metavar="SECONDS",
-        help="the longest wait between reconnect attempts (30)",
+        help="the longest wait between reconnect attempts, reached after 4.5 minutes "
+        "of outage (30)",
     )
     run.add_argument(
         "--error-cooldown",
@@ -266,23 +280,16 @@ async def stream(
     loop = asyncio.get_running_loop()
     streamer = streamer or Streamer(settings)
     with contextlib.ExitStack() as controls:
-        if led:
-            from streamer.controls.led import StatusLed
-
-            status_led = controls.enter_context(StatusLed(led))
-            status_led.show(streamer.state.state)
-            streamer.state.subscribe(lambda _old, new, _reason: status_led.show(new))
-        if button:
-            from streamer.controls.button import StartStopButton
-
+        # A button or LED that cannot be opened is logged and left out: the stream matters more.
+        panel = open_controls(
+            controls,
+            streamer.state,
+            button=button,
+            led=led,
             # gpiozero calls back from its own thread: hand the command to the loop.
-            controls.enter_context(
-                StartStopButton(
-                    button,
-                    on_toggle=lambda: _on_loop(loop, streamer.toggle, "button"),
-                    on_reset=lambda: _on_loop(loop, streamer.reset, "button held"),
-                )
-            )
+            on_toggle=lambda: _on_loop(loop, streamer.toggle, "button"),
+            on_reset=lambda: _on_loop(loop, streamer.reset, "button held"),
+        )
         notifier = Notifier.from_env()
         controls.callback(notifier.close)
         streamer.state.subscribe(lambda _old, new, reason: _tell_systemd(notifier, new, reason))
@@ -294,7 +301,7 @@ async def stream(
             from streamer.status import StatusServer
 
             status = StatusServer(
-                streamer.snapshot,
+                lambda: {**streamer.snapshot(), "controls": panel.summary()},
                 on_start=lambda: streamer.start("status page"),
                 on_stop=lambda: streamer.stop("status page"),
                 port=status_port,
@@ -378,6 +385,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    logsetup.configure()  # even a bad command line is a log line under journald
     args = build_parser().parse_args(argv)
     logsetup.configure(
         getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "auto"
@@ -392,10 +400,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "doctor":
             return doctor(args)
     except StreamerError as exc:
-        print(f"streamer: error: {logsetup.redact(exc.message)}", file=sys.stderr)
+        logsetup.fatal(exc.message, exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
         return 0
+    except Exception:
+        if not logsetup.json_output():
+            raise
+        log.critical("streamer: crashed", exc_info=True)  # the traceback as one journal entry
+        return 1
     return 0
 
 

@@ -311,7 +311,7 @@ class Streamer:
             return
         if self.state.state == LIVE:
             self.backoff.lost(time.monotonic())
-        delay = self.backoff.next_delay()
+        delay = self.backoff.next_delay(time.monotonic())
         if delay is None:
             self.error = ConnectionLost(
                 f"gave up after {self.backoff.attempts} reconnect attempts: {exc.message}"

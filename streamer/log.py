@@ -2,7 +2,10 @@
 
 Secrets (the stream key) are registered once with ``add_secret``; the last
 processor replaces them in every rendered line, whichever field or library
-they came from.
+they came from. Under journald each line starts with its syslog priority
+(``<3>`` for an error), which journald's stdout stream reads by default
+(``SyslogLevelPrefix=yes``), so ``journalctl -p err`` finds errors. Python
+warnings (gpiozero's, say) go through the same lines.
 """
 
 from __future__ import annotations
@@ -46,6 +49,59 @@ def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> Any:
 
 _state: Callable[[], str] | None = None
 
+# Python's levels as syslog priorities, the <N> prefix journald reads.
+PRIORITIES = (
+    (logging.CRITICAL, 2),
+    (logging.ERROR, 3),
+    (logging.WARNING, 4),
+    (logging.INFO, 6),
+)
+
+
+def priority(levelno: int) -> int:
+    """The syslog priority of a logging level: crit 2, err 3, warning 4, info 6, debug 7."""
+    return next((p for level, p in PRIORITIES if levelno >= level), 7)
+
+
+class _Output:
+    """Where lines go as configured: the stream, JSON or not, the journal or not."""
+
+    stream: TextIO | None = None
+    json = False
+    journal = False
+
+
+_output = _Output()
+
+
+def to_journal(stream: TextIO, env: Mapping[str, str]) -> bool:
+    """Is ``stream`` the journal? systemd names it in JOURNAL_STREAM as ``device:inode``.
+
+    A stream with no file behind it cannot be compared: JOURNAL_STREAM alone
+    decides. One with a file that is something else (a pipe a test reads, a
+    redirect) is not the journal even where the variable is inherited.
+    """
+    value = env.get("JOURNAL_STREAM")
+    if not value:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return True
+    return value == f"{st.st_dev}:{st.st_ino}"
+
+
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    """Renders as configured; under journald each line gets its ``<N>`` priority."""
+
+    def __init__(self, *args: Any, journal: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"<{priority(record.levelno)}>{text}" if self._journal else text
+
 
 def set_state_provider(provider: Callable[[], str] | None) -> None:
     """Every log line carries the device state this returns (idle, live, ...)."""
@@ -71,8 +127,10 @@ def configure(
     """
     stream = stream or sys.stderr
     env = os.environ if env is None else env
+    journal = to_journal(stream, env)
     if fmt == "auto":
-        fmt = "json" if env.get("JOURNAL_STREAM") else "console" if stream.isatty() else "plain"
+        fmt = "json" if journal else "console" if stream.isatty() else "plain"
+    _output.stream, _output.json, _output.journal = stream, fmt == "json", journal
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -87,7 +145,8 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=False),
         _add_state,
     ]
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = _Formatter(
+        journal=journal,
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -103,6 +162,10 @@ def configure(
     root.setLevel(level.upper())
     # transitions logs every callback at INFO; our own state lines say what matters.
     logging.getLogger("transitions").setLevel(max(logging.WARNING, root.level))
+    # warnings.warn() (gpiozero's pin factory fallbacks...) as log lines, not bare stderr
+    # text; taken over again at each call, in case something replaced the hook since.
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     structlog.configure(
         processors=[
             *shared,
@@ -113,3 +176,23 @@ def configure(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+def json_output() -> bool:
+    """Are lines JSON as configured (under journald, or asked for)?"""
+    return _output.json
+
+
+def fatal(message: str, exit_code: int) -> None:
+    """The line a run ends with: ``streamer: error: ...``, as JSON where the log is JSON.
+
+    Under journald it is an error line like the others (priority 3), so
+    ``journalctl -p err`` shows why the service stopped.
+    """
+    text = f"streamer: error: {redact(message)}"
+    if _output.json:
+        structlog.get_logger("streamer").error(text, exit_code=exit_code)
+        return
+    stream = _output.stream or sys.stderr
+    prefix = f"<{priority(logging.ERROR)}>" if _output.journal else ""
+    print(f"{prefix}{text}", file=stream, flush=True)

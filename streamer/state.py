@@ -9,6 +9,7 @@ a transition half way through.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -96,7 +97,9 @@ class DeviceState:
         self.since = self._clock()
         self.since_wall = time.time()
         old, new = self._old, self.state
-        log.info("state", transition=f"{old} -> {new}", reason=self.reason)
+        # At the level of what it means, so `journalctl -p err` shows why the device is in error.
+        level = {ERROR: logging.ERROR, RECONNECTING: logging.WARNING}.get(new, logging.INFO)
+        log.log(level, "state", transition=f"{old} -> {new}", reason=self.reason)
         for listener in self._listeners:
             try:
                 listener(old, new, self.reason)

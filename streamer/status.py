@@ -184,6 +184,7 @@ FIELDS: Final[tuple[tuple[str, str, str], ...]] = (
     ("discarded_offline", "Discarded offline", "int"),
     ("reconnects", "Reconnects", "int"),
     ("url", "Server", "text"),
+    ("controls", "Button, LED", "text"),
 )
 BANNER_KEYS: Final = frozenset({"reason", "since", "uptime_s"})
 MISSING: Final = "–"

@@ -6,9 +6,14 @@ when a button or LED is actually configured, through ``require_gpiozero``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import structlog
+
 from streamer.exc import ConfigError, DeviceError
+
+log = structlog.get_logger("streamer.controls")
 
 MISSING_GPIOZERO = (
     "GPIO pins are configured (--button/--led) but gpiozero is not installed: "
@@ -37,3 +42,32 @@ def gpio_error(gpiozero: Any, what: str, pin: str, exc: Exception) -> Exception:
     if isinstance(exc, gpiozero.exc.GPIOZeroError):
         return DeviceError(f"cannot use GPIO pin {pin!r} for the {what}: {exc}")
     return exc
+
+
+def pin_factory(gpiozero: Any) -> Any:
+    """The pin factory gpiozero uses here, loaded now; raises ``DeviceError`` if none loads.
+
+    gpiozero tries lgpio, RPi.GPIO, pigpio and its native factory in turn and
+    warns about each that fails; those warnings become the error's reason
+    (or, when one loads after all, one warning line), never stray stderr text.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            gpiozero.Device.ensure_pin_factory()
+        except Exception as exc:
+            tried = "; ".join(_fallback(w.message) for w in caught)
+            raise DeviceError(f"no GPIO pin factory loads on this board ({tried or exc})") from exc
+    if caught:
+        notes = "; ".join(_fallback(w.message) for w in caught)
+        log.warning("GPIO pin factory: fell back", factory=_factory_name(gpiozero), notes=notes)
+    return gpiozero.Device.pin_factory
+
+
+def _fallback(message: Warning | str) -> str:
+    """gpiozero's "Falling back from lgpio: No module named 'lgpio'" as "lgpio: ..."."""
+    return str(message).removeprefix("Falling back from ")
+
+
+def _factory_name(gpiozero: Any) -> str:
+    return type(gpiozero.Device.pin_factory).__name__

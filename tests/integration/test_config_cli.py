@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +69,38 @@ def test_no_url_anywhere_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("run", "--config", str(tmp_path / "absent.toml"), timeout=20)
     assert result.returncode == 2
     assert "absent.toml" in result.stderr
+
+
+def run_under_journald(tmp_path: Path, *args: str) -> tuple[int, list[str]]:
+    """``streamer ARGS`` with stderr a file that JOURNAL_STREAM names, as systemd sets it up."""
+    with open(tmp_path / "journal", "w+") as journal:
+        st = os.fstat(journal.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "streamer", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=journal,
+            env=env,
+            timeout=30,
+        )
+        journal.seek(0)
+        return proc.returncode, journal.read().splitlines()
+
+
+@pytest.mark.parametrize("case", ["empty key file", "bad flag"])
+def test_under_journald_the_exit_2_error_is_a_json_line_at_error_priority(
+    tmp_path: Path, case: str
+) -> None:
+    key = tmp_path / "stream.key"
+    key.write_text("")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[stream]\nurl = "rtmp://h/live"\nkey_file = "{key}"\n')
+    args = ["--config", str(config)] if case == "empty key file" else ["--fps", "500"]
+    code, lines = run_under_journald(tmp_path, "run", *args)
+    assert code == 2
+    assert lines and all(re.match(r"<[2-7]>\{", line) for line in lines), lines
+    assert lines[-1].startswith("<3>")
+    last = json.loads(lines[-1][3:])
+    assert last["level"] == "error" and last["exit_code"] == 2
+    expected = "is empty" if case == "empty key file" else "--fps: 500 is out of range"
+    assert last["event"].startswith("streamer: error: ") and expected in last["event"]

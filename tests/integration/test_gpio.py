@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import signal
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -13,8 +16,9 @@ from gpiozero.pins.mock import MockFactory
 
 from streamer.__main__ import stream
 from streamer.app import Settings, Streamer
-from streamer.localserver import LocalRtmpServer
+from streamer.localserver import LocalRtmpServer, free_port
 from streamer.rtmp.url import parse_url
+from tests.conftest import LiveCli
 from tests.media_check import analyze_file
 
 pytestmark = pytest.mark.slow  # each test here takes more than 5 s
@@ -121,3 +125,30 @@ def test_holding_the_button_clears_an_error(
         await asyncio.wait_for(task, 15)
 
     asyncio.run(scenario())
+
+
+def test_a_board_without_usable_gpio_streams_and_says_so_once(
+    rtmp_server: LocalRtmpServer,
+) -> None:
+    """The shipped [controls] on a board with no pin factory: as the boot service runs it."""
+    port = free_port()
+    cli = LiveCli(
+        *("run", "--service", "--url", rtmp_server.url("nogpio"), "--size", "320x180"),
+        *("--button", BUTTON, "--led", LED, "--status-port", str(port)),
+    )
+    try:
+        cli.wait_for_state("preparing -> live", timeout=15)
+        errors = [e for e in cli.events if e["level"] == "error"]
+        if not errors:
+            pytest.skip("a GPIO pin factory loads on this machine (a Raspberry Pi?)")
+        [error] = errors
+        assert error["event"] == "LED GPIO27 and button GPIO17 unavailable: streaming without them"
+        assert "no GPIO pin factory loads" in error["reason"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as reply:
+            status = json.load(reply)
+        assert status["state"] == "live"
+        assert status["controls"].startswith("LED GPIO27 unavailable: no GPIO pin factory")
+        assert cli.stop(signal.SIGTERM) == 0
+        assert len(cli.lines) == len(cli.events), "every line is JSON, gpiozero's warnings too"
+    finally:
+        cli.stop(signal.SIGKILL)

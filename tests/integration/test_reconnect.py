@@ -73,6 +73,45 @@ def test_ten_server_restarts_under_one_running_stream() -> None:
             server.remove()
 
 
+OUTAGES = (20.0, 60.0)  # seconds the server stays down, one after the other
+SETTLED = 11.0  # live between outages past Backoff.settle (10 s): the next one is new
+
+
+@pytest.mark.slow
+def test_live_again_within_5_s_of_the_server_after_outages_of_20_and_60_s() -> None:
+    port = free_port()
+    servers = [LocalRtmpServer(port=port)]
+    servers[0].start()
+    cli = LiveCli(
+        *("run", "--service", "--url", servers[0].url("outage")),
+        *("--size", "320x180", "--status-port", "0"),
+    )
+    resumed = []
+    try:
+        cli.wait_for_state("preparing -> live", timeout=15)
+        for outage in OUTAGES:
+            seen = len(cli.events)
+            servers[-1].stop()
+            stopped = time.monotonic()
+            cli.wait_for_state("live -> reconnecting", timeout=15, after=seen)
+            time.sleep(max(0.0, outage - (time.monotonic() - stopped)))  # the outage itself
+            servers.append(LocalRtmpServer(port=port))
+            servers[-1].start()
+            back = time.monotonic()
+            live = cli.wait_for_state("reconnecting -> live", timeout=40, after=seen)
+            resumed.append(live["_received"] - back)
+            if outage != OUTAGES[-1]:
+                time.sleep(SETTLED)
+        print(f"live again after {OUTAGES} s outages (s): {[round(t, 1) for t in resumed]}")
+        assert max(resumed) <= 5.0, resumed
+        assert cli.stop(signal.SIGTERM) == 0, cli.output[-3000:]
+    finally:
+        cli.stop(signal.SIGKILL)
+        for server in servers:
+            server.stop()
+            server.remove()
+
+
 @pytest.mark.slow
 def test_black_hole_is_detected_and_the_stream_comes_back(rtmp_server: LocalRtmpServer) -> None:
     proxy = ThrottleProxy(rtmp_server.port)

@@ -216,6 +216,9 @@ def test_unit_has_the_required_settings() -> None:
     }.items():
         assert s.get(key) == [value], key
     assert "LG_WD=/var/lib/streamer" in words(s, "Environment")
+    # Log lines reach journald with their <N> priority read (journalctl -p err).
+    assert s.get("StandardError", ["journal"]) == ["journal"]
+    assert s.get("SyslogLevelPrefix", ["yes"]) == ["yes"]
     assert {"AF_UNIX", "AF_INET", "AF_INET6"} <= words(s, "RestrictAddressFamilies")
     allowed = set(s["DeviceAllow"])
     for group in ["video4linux", "media", "dma_heap", "alsa", "gpiochip"]:
