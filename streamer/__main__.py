@@ -14,11 +14,11 @@ from typing import NoReturn
 import structlog
 
 from streamer import log as logsetup
-from streamer.app import Settings, Streamer
 from streamer.config import DEFAULT_PATH, Config, load_config, stream_url, with_overrides
 from streamer.controls.panel import open_controls
+from streamer.device import Device
 from streamer.exc import ConfigError, StreamerError
-from streamer.rtmp.url import parse_url
+from streamer.settings import Settings
 from streamer.state import ERROR, LIVE, RECONNECTING, mermaid_diagram
 from streamer.systemd import Notifier, watchdog_pings
 
@@ -229,7 +229,7 @@ def config_from(args: argparse.Namespace, base: Config) -> Config:
 def settings_from(config: Config, args: argparse.Namespace) -> Settings:
     v, a, n, r = config.video, config.audio, config.network, config.record
     return Settings(
-        url=parse_url(stream_url(config)),
+        urls=(stream_url(config),),
         camera=v.camera,
         microphone=a.microphone,
         width=v.size[0],
@@ -272,13 +272,13 @@ async def stream(
     led: str | None = None,
     *,
     status_port: int = 0,
-    streamer: Streamer | None = None,
+    streamer: Device | None = None,
     shutdown: asyncio.Event | None = None,
 ) -> None:
     """Run the device; SIGINT/SIGTERM (or ``shutdown``) end it cleanly."""
     shutdown = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
-    streamer = streamer or Streamer(settings)
+    streamer = streamer or Device(settings)
     with contextlib.ExitStack() as controls:
         # A button or LED that cannot be opened is logged and left out: the stream matters more.
         panel = open_controls(

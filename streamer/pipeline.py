@@ -1,8 +1,9 @@
-"""The capture side: hardware, encoders and the threads between them and the send queue.
+"""The capture side: hardware, encoders and the threads between them and the send queues.
 
 Capture and encoding run in one thread per track and never wait on the
-network: they push into the send queue under a lock and wake the event loop
-only when it is waiting. The pipeline stays up across reconnects.
+network: they push into every destination's send queue under its lock (the
+fanout) and wake the event loop only when it is waiting. The pipeline stays
+up across reconnects.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 
@@ -33,17 +33,15 @@ from streamer.hardware.base import (
     split_spec,
 )
 from streamer.media import Packet, VideoConfig
-from streamer.net.sendqueue import MAX_FRAME_BYTES, QueueCounters, Reason, SendQueue
+from streamer.net.sendqueue import MAX_FRAME_BYTES, Reason, SendQueue
 from streamer.record import Recorder
-
-if TYPE_CHECKING:
-    from streamer.app import Settings
+from streamer.settings import Settings
 
 log = structlog.get_logger("streamer")
 
 
-class PacketHandoff:
-    """The send queue shared between capture threads and the event loop."""
+class Outbox:
+    """One destination's send queue, shared between capture threads and the event loop."""
 
     def __init__(self, queue: SendQueue, loop: asyncio.AbstractEventLoop) -> None:
         self.queue = queue
@@ -51,8 +49,6 @@ class PacketHandoff:
         self._loop = loop
         self.ready = asyncio.Event()
         self._consumer_waiting = False
-        self.tap: Callable[[list[Packet]], None] | None = None  # the local recorder
-        self._warned_too_large = False  # said once a run: the count is in dropped_video
 
     def push(self, packets: list[Packet]) -> None:
         """Called from capture threads: never blocks on the network.
@@ -60,20 +56,6 @@ class PacketHandoff:
         The event loop is woken only when its consumer found the queue empty
         and is waiting: one wake-up per batch, not one per packet.
         """
-        if not packets:
-            return
-        tap = self.tap
-        if tap is not None:  # recording goes on whatever the network does
-            tap(packets)
-        for packet in packets:
-            if len(packet.data) > MAX_FRAME_BYTES and not self._warned_too_large:
-                self._warned_too_large = True
-                log.warning(
-                    "a video frame is too large for RTMP servers: dropped until the next "
-                    "keyframe; lower the video bitrate",
-                    bytes=len(packet.data),
-                    limit=MAX_FRAME_BYTES,
-                )
         with self._lock:
             for packet in packets:
                 self.queue.push(packet)
@@ -96,6 +78,11 @@ class PacketHandoff:
             wanted, self.queue.keyframe_wanted = self.queue.keyframe_wanted, False
             return wanted
 
+    @property
+    def depth_ms(self) -> int:
+        with self._lock:
+            return self.queue.depth_ms
+
     def go_online(self, reason: Reason) -> None:
         """A new session: flush the backlog, start at a fresh keyframe."""
         with self._lock:
@@ -107,6 +94,37 @@ class PacketHandoff:
         with self._lock:
             self.queue.offline = True
             self.queue.clear(reason)
+
+
+class Fanout:
+    """The one way from the encoders to the network: every destination's outbox and the recorder.
+
+    A destination that is slow or down only fills (and drops from) its own
+    outbox; capture never waits for any of them.
+    """
+
+    def __init__(self) -> None:
+        self.outboxes: tuple[Outbox, ...] = ()
+        self.tap: Callable[[list[Packet]], None] | None = None  # the local recorder
+        self._warned_too_large = False  # said once a run: the count is in dropped_video
+
+    def push(self, packets: list[Packet]) -> None:
+        if not packets:
+            return
+        tap = self.tap
+        if tap is not None:  # recording goes on whatever the network does
+            tap(packets)
+        for packet in packets:
+            if len(packet.data) > MAX_FRAME_BYTES and not self._warned_too_large:
+                self._warned_too_large = True
+                log.warning(
+                    "a video frame is too large for RTMP servers: dropped until the next "
+                    "keyframe; lower the video bitrate",
+                    bytes=len(packet.data),
+                    limit=MAX_FRAME_BYTES,
+                )
+        for outbox in self.outboxes:
+            outbox.push(packets)
 
 
 class CaptureThread(threading.Thread):
@@ -137,19 +155,13 @@ class CaptureThread(threading.Thread):
 class Pipeline:
     """Hardware, encoders and capture threads: up from preparing until idle or error.
 
-    ``counters`` outlive the pipeline: the Streamer keeps one for the process.
+    What the encoders make goes to ``fanout``: the destinations' outboxes and
+    the recorder.
     """
 
-    def __init__(
-        self,
-        s: Settings,
-        loop: asyncio.AbstractEventLoop,
-        counters: QueueCounters | None = None,
-    ) -> None:
+    def __init__(self, s: Settings, fanout: Fanout) -> None:
         self.clock = MediaClock()
-        self.queue = SendQueue(drop_threshold_ms=s.drop_threshold_ms, counters=counters)
-        self.queue.offline = True
-        self.handoff = PacketHandoff(self.queue, loop)
+        self.fanout = fanout
         self.camera: VideoSource | None = None
         self.encoded: EncodedVideoSource | None = None
         self.video: H264Encoder | CameraEncoder
@@ -168,7 +180,7 @@ class Pipeline:
                 s.width, s.height, s.fps, s.video_bitrate_kbps, camera_number(arg)
             )
             self.encoded = source
-            self.video = CameraEncoder(source, self.clock, self.handoff.push, s.video_bitrate_kbps)
+            self.video = CameraEncoder(source, self.clock, fanout.push, s.video_bitrate_kbps)
         else:
             self.camera = make_camera(s.camera, s.width, s.height, s.fps)
             encoder = s.encoder if name != "picamera2" else "libx264"
@@ -196,7 +208,7 @@ class Pipeline:
             log.error("recording disabled", reason=exc.message)
             return
         self.recorder = recorder
-        self.handoff.tap = recorder.submit
+        self.fanout.tap = recorder.submit
 
     def start(self) -> None:
         try:
@@ -208,7 +220,7 @@ class Pipeline:
             raise DeviceError(f"camera {self._camera_name!r} could not be opened: {exc}") from exc
         if self.microphone:
             self.microphone.open()
-        camera, clock, video, handoff = self.camera, self.clock, self.video, self.handoff
+        camera, clock, video, fanout = self.camera, self.clock, self.video, self.fanout
         self.threads = []
         if self.encoded is not None and isinstance(video, CameraEncoder):
             self.encoded.start(video.on_frame)
@@ -225,7 +237,7 @@ class Pipeline:
                 return encoder.encode(frame, clock.to_ms(captured))
 
             self.threads.append(
-                CaptureThread("video", video_step, lambda: encoder.encode(None), handoff.push)
+                CaptureThread("video", video_step, lambda: encoder.encode(None), fanout.push)
             )
         mic, audio = self.microphone, self.audio
         if mic and audio:
@@ -235,7 +247,7 @@ class Pipeline:
                 return audio.encode(samples, clock.to_ms(captured))
 
             self.threads.append(
-                CaptureThread("audio", audio_step, lambda: audio.encode(None), handoff.push)
+                CaptureThread("audio", audio_step, lambda: audio.encode(None), fanout.push)
             )
         for t in self.threads:
             t.start()
@@ -260,7 +272,7 @@ class Pipeline:
         if self.camera is not None:
             self.camera.close()
         if self.recorder is not None:
-            self.handoff.tap = None
+            self.fanout.tap = None
             await asyncio.to_thread(self.recorder.stop)
         if self.microphone:
             self.microphone.close()

@@ -15,9 +15,9 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from streamer.__main__ import stream
-from streamer.app import Settings, Streamer
+from streamer.device import Device as StreamerDevice
 from streamer.localserver import LocalRtmpServer, free_port
-from streamer.rtmp.url import parse_url
+from streamer.settings import Settings
 from tests.conftest import LiveCli
 from tests.media_check import analyze_file
 
@@ -45,10 +45,10 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
         await asyncio.sleep(0.05)
 
 
-def start_device(settings: Settings) -> tuple[Streamer, asyncio.Event, asyncio.Task[None]]:
+def start_device(settings: Settings) -> tuple[StreamerDevice, asyncio.Event, asyncio.Task[None]]:
     """The device with button and LED, as `streamer run --button --led` runs it."""
     shutdown = asyncio.Event()
-    streamer = Streamer(settings)
+    streamer = StreamerDevice(settings)
     task = asyncio.create_task(stream(settings, BUTTON, LED, streamer=streamer, shutdown=shutdown))
     return streamer, shutdown, task
 
@@ -63,7 +63,7 @@ async def press(factory: MockFactory, seconds: float = 0.1) -> None:
 def test_short_presses_stop_and_start_the_stream(
     pins: MockFactory, rtmp_server: LocalRtmpServer
 ) -> None:
-    settings = Settings(url=parse_url(rtmp_server.url("gpio")), width=320, height=180)
+    settings = Settings(urls=[rtmp_server.url("gpio")], width=320, height=180)
 
     async def scenario() -> None:
         streamer, shutdown, task = start_device(settings)
@@ -98,7 +98,7 @@ def test_holding_the_button_clears_an_error(
     pins: MockFactory, rtmp_server: LocalRtmpServer
 ) -> None:
     settings = Settings(
-        url=parse_url(rtmp_server.url("gpio", app="locked")), width=320, height=180, service=True
+        urls=[rtmp_server.url("gpio", app="locked")], width=320, height=180, service=True
     )
 
     async def scenario() -> None:

@@ -3,7 +3,7 @@
 RTMP time is 32-bit milliseconds: above 2^24 ms (4.7 hours) every chunk
 header carries an extended timestamp, and past 2^31 ms (24.8 days) readers
 that take FLV time as signed break, so a session ends near there and the
-next starts at 0 (``app.SESSION_LIMIT_MS``). Each test starts a session's
+next starts at 0 (``rtmp.session.SESSION_LIMIT_MS``). Each test starts a session's
 clock a few seconds before a boundary instead of waiting days.
 """
 
@@ -14,9 +14,10 @@ import itertools
 
 import pytest
 
-from streamer.app import SESSION_LIMIT_MS, Settings, Streamer
+from streamer.device import Device
 from streamer.localserver import LocalRtmpServer
-from streamer.rtmp.url import parse_url
+from streamer.rtmp.session import SESSION_LIMIT_MS
+from streamer.settings import Settings
 from tests.media_check import MediaReport, analyze_file, watch_live
 
 SECONDS = 7
@@ -31,9 +32,9 @@ def test_a_viewer_decodes_across_a_timestamp_boundary(
     url = rtmp_server.url("edge")
     viewer = MediaReport()
     watching = watch_live(url, SECONDS, viewer)
-    settings = Settings(url=parse_url(url), width=320, height=180, duration=SECONDS)
-    streamer = Streamer(settings, first_session_ms=boundary - BEFORE_MS)
-    asyncio.run(streamer.run(asyncio.Event()))
+    settings = Settings(urls=[url], width=320, height=180, duration=SECONDS)
+    device = Device(settings, first_session_ms=boundary - BEFORE_MS)
+    asyncio.run(device.run(asyncio.Event()))
     watching.join(timeout=15)
     rtmp_server.stop()
 
@@ -56,4 +57,4 @@ def test_a_viewer_decodes_across_a_timestamp_boundary(
         assert sessions == 1  # one session straight across the boundary
     else:
         assert sessions == 2  # published anew from 0 before reaching it
-        assert streamer.reconnects == 0
+        assert device.numbers()["reconnects"] == 0

@@ -1,4 +1,4 @@
-"""From flags and the config file to the Settings the Streamer runs with."""
+"""From flags and the config file to the Settings the Device runs with."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from streamer.__main__ import build_parser, config_from, settings_from
-from streamer.app import Settings, Streamer
 from streamer.config import Config, load_config
+from streamer.device import Device
+from streamer.settings import Settings
 
 URL = "rtmp://example.com/live/k"
 
@@ -23,7 +24,7 @@ def test_reconnect_and_cooldown_defaults_are_the_documented_ones() -> None:
     settings = settings_for("--service")
     assert (settings.reconnect_delay, settings.reconnect_max_delay) == (1.0, 30.0)
     assert settings.error_cooldown == 60.0
-    backoff = Streamer(settings).backoff
+    backoff = Device(settings).destinations[0].backoff
     assert (backoff.initial, backoff.cap, backoff.max_attempts) == (1.0, 30.0, None)
 
 
@@ -49,7 +50,7 @@ def test_reconnect_and_cooldown_flags_beat_the_file(tmp_path: Path) -> None:
         0.5,
         1.0,
     )
-    backoff = Streamer(flags).backoff
+    backoff = Device(flags).destinations[0].backoff
     delays = [backoff.next_delay(0.0) for _ in range(4)]
     assert all(d is not None and d <= 0.5 for d in delays), delays  # short, as a test wants
 

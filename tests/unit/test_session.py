@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from streamer.app import SESSION_LIMIT_MS, Settings, Streamer
 from streamer.media import Kind, Packet
-from streamer.rtmp.url import parse_url
+from streamer.rtmp.session import SESSION_LIMIT_MS, Session
 
 
 class Wire:
@@ -21,13 +20,21 @@ class Wire:
     def write_audio(self, ts: int, body: bytes) -> None:
         self.sent.append(("audio", ts))
 
+    async def send_metadata(self, metadata: dict[str, Any]) -> None:
+        pass
+
+    async def send_video(self, ts: int, body: bytes) -> None:
+        pass
+
+    async def send_audio(self, ts: int, body: bytes) -> None:
+        pass
+
 
 def send(packets: list[Packet]) -> list[tuple[str, int]]:
-    streamer = Streamer(Settings(url=parse_url("rtmp://127.0.0.1/live/key")))
-    streamer._begin_session()
     wire = Wire()
+    session = Session(wire)
     for packet in packets:
-        streamer._write(cast(Any, wire), packet)
+        session.write(packet)
     return wire.sent
 
 
@@ -51,16 +58,12 @@ def test_a_repeated_or_backward_camera_time_still_rises_and_the_frame_is_kept() 
 
 
 def test_a_session_ends_at_the_first_keyframe_a_minute_before_2_31_ms() -> None:
-    streamer = Streamer(
-        Settings(url=parse_url("rtmp://127.0.0.1/live/key")),
-        first_session_ms=SESSION_LIMIT_MS - 2500,
-    )
-    streamer._begin_session()
     wire = Wire()
+    session = Session(wire, start_ms=SESSION_LIMIT_MS - 2500)
     for n in range(0, 150):  # 5 s at 30 fps, a keyframe every 2 s
-        streamer._write(cast(Any, wire), video(1000 + n * 33, key=n % 60 == 0))
+        session.write(video(1000 + n * 33, key=n % 60 == 0))
     video_ts = [ts for kind, ts in wire.sent if kind == "video"]
     assert video_ts[0] == SESSION_LIMIT_MS - 2500
     # the keyframe at +2 s is before the limit and its GOP goes; the one at +4 s is past it
     assert video_ts[-1] == SESSION_LIMIT_MS - 2500 + 119 * 33 < 2**31
-    assert len(video_ts) == 120 and streamer._session_ended
+    assert len(video_ts) == 120 and session.ended

@@ -1,0 +1,373 @@
+"""The device: one capture and encode, any number of destinations, under the state machine.
+
+The capture side (``pipeline.py``) fills every destination's send queue from
+its own threads; each ``Destination`` connects, publishes and reconnects on
+its own. The device state is derived from theirs (see ``derived_state``), the
+encoder's bitrate follows the slowest live one, and service mode never gives
+up. Use it from Python as an async context manager (README: Use from Python).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from streamer import log as logsetup
+from streamer.destination import Destination, Media, PublisherFactory, rtmp_publisher
+from streamer.encode.select import ready_config
+from streamer.exc import StreamerError
+from streamer.pipeline import Fanout, Pipeline
+from streamer.settings import Settings
+from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, DeviceState, Listener
+
+log = structlog.get_logger("streamer")
+
+STATS_INTERVAL = 5.0
+TICK = 0.5  # seconds between looks at the pipeline, the bitrate and the clock
+STOP_GRACE = 5.0  # seconds a destination may take to drain and unpublish before it is cut
+
+# How the device state follows from its destinations' states (first match wins).
+STATE_RULE = (
+    "error when a destination is in error (refused, or waiting out its cooldown); "
+    "reconnecting when one is reconnecting; live when all are live; preparing otherwise"
+)
+
+# The triggers that lead from one device state to another.
+_PATHS: dict[tuple[str, str], tuple[str, ...]] = {
+    (PREPARING, LIVE): ("published",),
+    (PREPARING, RECONNECTING): ("connection_lost",),
+    (LIVE, RECONNECTING): ("connection_lost",),
+    (RECONNECTING, LIVE): ("published",),
+    (PREPARING, ERROR): ("fail",),
+    (LIVE, ERROR): ("fail",),
+    (RECONNECTING, ERROR): ("fail",),
+    (ERROR, PREPARING): ("retry",),
+    (ERROR, LIVE): ("retry", "published"),
+    (ERROR, RECONNECTING): ("retry", "connection_lost"),
+}
+
+
+def derived_state(states: list[str]) -> str:
+    """The device state for its destinations' states (``STATE_RULE``)."""
+    if ERROR in states:
+        return ERROR
+    if RECONNECTING in states:
+        return RECONNECTING
+    if states and all(s == LIVE for s in states):
+        return LIVE
+    return PREPARING
+
+
+class Device:
+    """Runs the device: the state machine decides, this class carries it out.
+
+    ``publisher_factory`` and ``first_session_ms`` are for tests: fake
+    publishers, and a first session whose clock starts near a boundary.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: DeviceState | None = None,
+        *,
+        publisher_factory: PublisherFactory = rtmp_publisher,
+        first_session_ms: int = 0,
+    ) -> None:
+        self.s = settings
+        self.state = state or DeviceState()
+        self.destinations = [
+            Destination(
+                target,
+                settings,
+                publisher_factory=publisher_factory,
+                first_session_ms=first_session_ms,
+                on_change=self._destination_changed,
+            )
+            for target in settings.destinations
+        ]
+        self.pipeline: Pipeline | None = None
+        self.error: StreamerError | None = None
+        self.started = time.monotonic()
+        self.target_kbps = settings.video_bitrate_kbps  # what the encoder was last told
+        self._tasks: dict[Destination, asyncio.Task[None]] = {}
+        self._want_running = True
+        self._deadline: float | None = None
+        self._duration_reached = False
+        self._wake = asyncio.Event()
+        self._stats_at = 0.0
+        self._shutdown: asyncio.Event | None = None
+        self._runner: asyncio.Task[None] | None = None
+        logsetup.set_state_provider(lambda: self.state.state)
+
+    # -- what it is doing: stats line, /status, /metrics -----------------------
+
+    def numbers(self) -> dict[str, Any]:
+        """The device's numbers: each destination's, summed, and the capture side's."""
+        pipeline = self.pipeline
+        chain = pipeline.filters if pipeline else None
+        each = [d.numbers() for d in self.destinations]
+
+        def total(key: str) -> Any:
+            return sum(n[key] for n in each)
+
+        return {
+            "sent_kbps": total("sent_kbps"),
+            "fps": min(n["fps"] for n in each),
+            "queue_ms": max(n["queue_ms"] for n in each),
+            "frames_sent": total("frames_sent"),
+            "dropped": total("dropped"),
+            "dropped_video": total("dropped_video"),
+            "dropped_audio": total("dropped_audio"),
+            "discarded_offline": total("discarded_offline"),
+            "keyframes_requested": total("keyframes_requested"),
+            "target_kbps": self.target_kbps,
+            "reconnects": total("reconnects"),
+            "encoder": pipeline.video.name if pipeline else "",
+            "filters": ",".join(chain.names) if chain else "",
+            "recording": _recording_status(pipeline),
+            "filter_ms": round(chain.cost_ms, 2) if chain else 0.0,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything /status shows (URLs with their keys redacted)."""
+        return {
+            "state": self.state.state,
+            "reason": self.state.reason,
+            "since": datetime.fromtimestamp(self.state.since_wall).astimezone().isoformat(),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "resolution": f"{self.s.width}x{self.s.height}",
+            "url": self.s.url.redacted,
+            **self.numbers(),
+            "destinations": [d.numbers() for d in self.destinations],
+        }
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(old, new, reason)`` after every change of the device state."""
+        self.state.subscribe(listener)
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: the loop runs (it asks) and no capture thread died."""
+        try:
+            if self.pipeline is not None:
+                self.pipeline.check()
+        except StreamerError:
+            return False
+        return True
+
+    # -- commands (button, status page, Python): called on the event loop -------
+
+    def toggle(self, by: str = "python") -> None:
+        """Start when idle, stop otherwise (the button's short press)."""
+        if self.state.state == IDLE:
+            self.start(by)
+        else:
+            self.stop(by)
+
+    def start(self, by: str = "python") -> None:
+        """Stream (again): from idle, or from an error a person chose to retry now."""
+        if self.state.state == ERROR:
+            self.state.fire("reset", f"start requested by {by}")
+        self._want_running = True
+        log.info("start requested", by=by)
+        self._wake.set()
+
+    def stop(self, by: str = "python") -> None:
+        self._want_running = False
+        log.info("stop requested", by=by)
+        self._wake.set()
+
+    def reset(self, reason: str) -> None:
+        if self.state.state == ERROR:
+            self._want_running = False
+            self.state.fire("reset", reason)
+            self._wake.set()
+
+    # -- Python: async with Device(settings) as device --------------------------
+
+    async def __aenter__(self) -> Device:
+        self._shutdown = asyncio.Event()
+        self._runner = asyncio.create_task(self.run(self._shutdown))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._shutdown is not None and self._runner is not None
+        self._shutdown.set()
+        await self._runner
+
+    # -- the lifecycle ------------------------------------------------------------
+
+    async def run(self, shutdown: asyncio.Event) -> None:
+        """Drive the device until ``shutdown`` (or, in CLI mode, the end of the stream).
+
+        Raises the StreamerError that ended a CLI run; service mode never
+        gives up on its own.
+        """
+        for d in self.destinations:
+            logsetup.add_secret(d.target.url.key)
+        watcher = asyncio.create_task(self._relay(shutdown))
+        try:
+            await self._loop(shutdown)
+        finally:
+            watcher.cancel()
+            await self._teardown(graceful=True)
+            if self.state.state != IDLE:
+                self.state.fire("stop", "shutting down")
+        if self._duration_reached:
+            for d in self.destinations:
+                d.judge_delivery()
+
+    async def _relay(self, shutdown: asyncio.Event) -> None:
+        await shutdown.wait()
+        self._wake.set()
+
+    async def _loop(self, shutdown: asyncio.Event) -> None:
+        while not shutdown.is_set():
+            state = self.state.state
+            if not self._want_running:
+                if state != IDLE:
+                    await self._teardown(graceful=True)
+                    self.state.fire("stop", "stop requested")
+                await self._sleep(None)
+                continue
+            if state == IDLE:
+                self.state.fire("start", "service start" if self.s.service else "command line")
+            elif state == ERROR and self.error is not None:
+                if not self.s.service:
+                    raise self.error
+                await self._teardown(graceful=False)
+                log.info("retrying after cooldown", seconds=self.s.error_cooldown)
+                if await self._sleep(self.s.error_cooldown) and self.state.state == ERROR:
+                    self.error = None
+                    self.state.fire("retry", f"{self.s.error_cooldown:g} s cooldown over")
+            else:
+                try:
+                    if await self._supervise(shutdown):
+                        return  # --duration reached
+                except StreamerError as exc:
+                    self.error = exc
+                    await self._teardown(graceful=False)
+                    if not self.state.fire("fail", exc.message):
+                        self.state.reason = exc.message
+                    log.error("device failed", reason=exc.message)
+
+    async def _sleep(self, seconds: float | None) -> bool:
+        """Wait, waking early on commands; True when the full time passed."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    async def _supervise(self, shutdown: asyncio.Event) -> bool:
+        """Start capture and every destination; watch them. True when the duration is over."""
+        loop = asyncio.get_running_loop()
+        fanout = Fanout()
+        pipeline = Pipeline(self.s, fanout)
+        self.pipeline = pipeline
+        fanout.outboxes = tuple(d.attach(loop) for d in self.destinations)
+        pipeline.start()
+        # A hardware encoder only learns SPS/PPS with its first keyframe.
+        video_config = await asyncio.to_thread(ready_config, pipeline.video, 5.0)
+        if self.s.record_dir and pipeline.recorder is None:
+            pipeline.start_recording(video_config, self.s)
+        audio = pipeline.audio
+        media = Media(
+            video_config, audio.config if audio else None, pipeline.video.request_keyframe
+        )
+        self._tasks = {d: asyncio.create_task(d.run(media)) for d in self.destinations}
+        self._stats_at = time.monotonic()
+        while not shutdown.is_set() and self._want_running:
+            now = time.monotonic()
+            if self._deadline is not None and now >= self._deadline:
+                self._duration_reached = True
+                return True
+            pipeline.check()
+            for task in self._tasks.values():
+                if task.done() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            self._follow(derived_state([d.state for d in self.destinations]))
+            self._adapt(pipeline, now)
+            self._maybe_log_stats(now)
+            wait = TICK if self._deadline is None else max(0.0, min(TICK, self._deadline - now))
+            await self._sleep(wait)
+        return False
+
+    def _destination_changed(self, destination: Destination) -> None:
+        if destination.state == LIVE and self._deadline is None and self.s.duration:
+            self._deadline = time.monotonic() + self.s.duration
+        if self.s.destinations[1:]:
+            log.info(
+                "destination",
+                name=destination.name,
+                state=destination.state,
+                reason=destination.reason,
+            )
+        self._wake.set()
+
+    def _follow(self, target: str) -> None:
+        """Fire the transitions that take the device state to ``target``, if any do."""
+        current = self.state.state
+        if current == target:
+            return
+        reasons = [d.reason for d in self.destinations if d.state == target]
+        reason = reasons[0] if len(self.destinations) == 1 and reasons else STATE_RULE
+        if len(self.destinations) > 1:
+            names = ", ".join(d.name for d in self.destinations if d.state == target)
+            reason = f"{target}: {names}" if names else target
+        for trigger in _PATHS.get((current, target), ()):
+            self.state.fire(trigger, reason)
+
+    def _adapt(self, pipeline: Pipeline, now: float) -> None:
+        """The encoder's bitrate: what the slowest live destination's link can carry."""
+        proposals = [(p, d) for d in self.destinations if (p := d.propose_bitrate(now)) is not None]
+        if not proposals:
+            return
+        target, slowest = min(proposals, key=lambda pd: pd[0])
+        if target == self.target_kbps:
+            return
+        self.target_kbps = target
+        log.info(
+            "bitrate",
+            target_kbps=target,
+            destination=slowest.name,
+            measured_kbps=round(slowest.bitrate.measured_kbps or 0) if slowest.bitrate else 0,
+            queue_ms=slowest.outbox.depth_ms if slowest.outbox else 0,
+        )
+        pipeline.video.set_bitrate(target)
+
+    def _maybe_log_stats(self, now: float) -> None:
+        if now - self._stats_at < STATS_INTERVAL:
+            return
+        self._stats_at = now
+        log.info("stats", **self.numbers(), elapsed=f"{now - self.started:.0f}s")
+        if self.s.destinations[1:]:
+            for d in self.destinations:
+                numbers = d.numbers()
+                numbers.pop("url")
+                log.info("stats", destination=numbers.pop("name"), **numbers)
+
+    async def _teardown(self, graceful: bool) -> None:
+        """Stop capture (encoders flush into the queues), then every destination."""
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None:
+            await pipeline.stop()
+        tasks, self._tasks = self._tasks, {}
+        for d in tasks:
+            d.stop(drain=graceful and d.state == LIVE)
+        if tasks:
+            _, pending = await asyncio.wait(tasks.values(), timeout=STOP_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+def _recording_status(pipeline: Pipeline | None) -> str:
+    recorder = pipeline.recorder if pipeline else None
+    if recorder is None:
+        return "off"
+    return f"failed: {recorder.failed}" if recorder.failed else "on"

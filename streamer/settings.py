@@ -1,0 +1,93 @@
+"""What a device runs with: the one object the config file, the flags and Python code all make.
+
+Every default lives here. URLs may be given as plain strings: they are
+parsed (and refused with the CLI's own clear errors) when the settings are
+made, so a bad URL never reaches the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from streamer.exc import ConfigError
+from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS
+from streamer.rtmp.url import RtmpUrl, parse_url
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One destination: where to publish, and the name it goes by in logs and /status."""
+
+    url: RtmpUrl
+    name: str
+
+    def __repr__(self) -> str:
+        return f"Target({self.name!r}, {self.url.redacted!r})"
+
+
+def targets(urls: Iterable[str | RtmpUrl | Target]) -> tuple[Target, ...]:
+    """Destinations from URLs (strings are parsed here); unnamed ones are named by host."""
+    out: list[Target] = []
+    for item in urls:
+        if isinstance(item, Target):
+            out.append(item)
+            continue
+        url = parse_url(item) if isinstance(item, str) else item
+        out.append(Target(url, url.host))
+    names = [t.name for t in out]
+    for i, t in enumerate(out):  # two destinations on one host: host, host-2, ...
+        if names.count(t.name) > 1:
+            out[i] = Target(t.url, f"{t.name}-{names[: i + 1].count(t.name)}")
+    if len({t.name for t in out}) != len(out):
+        raise ConfigError("two destinations have the same name; give each its own")
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A device's configuration.
+
+    ``urls``: one or more destinations (``rtmp://host[:port]/app/key`` strings,
+    parsed ``RtmpUrl`` or named ``Target``); every destination gets the same
+    encoded stream.
+    """
+
+    urls: tuple[str | RtmpUrl | Target, ...] | list[str | RtmpUrl | Target] = ()
+    camera: str = "sim"
+    microphone: str = "sim"
+    width: int = 1280
+    height: int = 720
+    fps: float = 30.0
+    video_bitrate_kbps: int = 2500
+    audio_bitrate_kbps: int = 128
+    duration: float | None = None
+    service: bool = False
+    max_reconnects: int = 10
+    reconnect_delay: float = 1.0  # seconds before the first reconnect attempt
+    reconnect_max_delay: float = 30.0  # the longest wait between attempts
+    connect_timeout: float = 10.0
+    stall_timeout: float = 10.0
+    error_cooldown: float = 60.0  # service mode: seconds in error before trying again
+    drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS
+    min_video_bitrate_kbps: int = 300
+    adaptive_bitrate: bool = True
+    encoder: str = "auto"
+    filters: tuple[str, ...] = ()
+    insecure: bool = False  # rtmps:// without certificate verification, only when asked
+    record_dir: str | None = None  # local recording while live (segments of record_minutes)
+    record_minutes: float = 5.0
+    record_keep_gb: float | None = None
+    destinations: tuple[Target, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        found = targets(self.urls)
+        if not found:
+            raise ConfigError("no stream URL: give at least one rtmp://host/app/key")
+        object.__setattr__(self, "destinations", found)
+        object.__setattr__(self, "urls", tuple(t.url for t in found))
+
+    @property
+    def url(self) -> RtmpUrl:
+        """The first destination's URL."""
+        return self.destinations[0].url
