@@ -7,12 +7,14 @@
 #                                         or a package): apt, useradd, pip and systemctl are
 #                                         printed, not run
 #
-# Running it again is safe: the config and the stream key are never overwritten
-# and the boot fragment is appended once; the package and the unit are updated.
+# Running it again is safe, also after a step failed: the config and the stream
+# key are never overwritten and the boot fragment is appended once; the package
+# and the unit are updated. A first install writes the camera and microphone the
+# board has into the config (streamer/detect.py; PROBE_ROOT=DIR looks under DIR).
 set -euo pipefail
 
 usage() {
-    sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 dry_run=0
@@ -53,6 +55,26 @@ groups=(video audio gpio)
 
 say() { printf '%s\n' "$*"; }
 warn() { printf 'install.sh: %s\n' "$*" >&2; }
+
+# step WHAT [HINT]: what runs now; if it fails, the exit trap says so and that a re-run is safe.
+step=
+hint=
+step() {
+    step=$1
+    hint=${2:-}
+}
+scratch=
+on_exit() {
+    local status=$?
+    if [[ -n $scratch ]]; then rm -f -- "$scratch"; fi
+    if ((status != 0)) && [[ -n $step ]]; then
+        warn "FAILED while $step (exit status $status)."
+        if [[ -n $hint ]]; then warn "$hint"; fi
+        warn "The steps before it are done; $config and $key are kept if they exist."
+        warn "Fix the problem above, then run install.sh again: every step is safe to repeat."
+    fi
+}
+trap on_exit EXIT
 
 # quote ARGS...: the command as one line a shell would read back (quotes only where needed).
 quote() {
@@ -110,20 +132,25 @@ fi
 if [[ -n $destdir ]]; then say "installing files under DESTDIR=$destdir"; fi
 
 # --- Debian packages ---
+step "installing the Debian packages (apt-get)" \
+    "Check the network and the package sources (apt-get update); dpkg may need: dpkg --configure -a"
 system_op apt-get update -q
 packages=("${apt_packages[@]}")
 extras=alsa,gpio
+pi_camera=0
 if pi_os; then
     packages+=("${pi_packages[@]}")
     extras=pi,alsa,gpio
+    pi_camera=1
 else
     warn "python3-picamera2 is not available (not Raspberry Pi OS?): installing without" \
-        "the Pi camera backend (use camera = \"v4l2\" in $config)"
+        "the Pi camera backend (a first install picks a USB webcam: camera = \"v4l2\")"
 fi
 system_op env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "${packages[@]}"
 
 # --- service user ---
+step "creating the service user $user and its groups"
 if [[ -z $destdir ]] && getent passwd "$user" >/dev/null; then
     say "user $user exists"
 else
@@ -141,23 +168,43 @@ for group in "${groups[@]}"; do
 done
 
 # --- the program: a venv that also sees apt's picamera2 and libcamera ---
-if [[ -z $destdir && -x $venv/bin/python ]]; then
+step "creating the venv $venv"
+if [[ -z $destdir && -x $venv/bin/python && -x $venv/bin/pip ]]; then
     say "venv $venv exists"
 else
+    # Over a half-made venv too: it is completed, nothing else in it is lost.
     system_op python3 -m venv --system-site-packages "$venv"
 fi
+step "installing the program into $venv (pip)" \
+    "pip needs the network (PyPI) and builds pyalsaaudio with gcc: its message above says which."
 system_op "$venv/bin/pip" install --quiet "${repo}[${extras}]"
 
 # --- files ---
+step "installing the unit, the config and the key file"
 file_op install -d -m 0755 "$destdir/etc/systemd/system"
 file_op install -m 0644 "$repo/systemd/streamer.service" "$destdir$unit"
 
 file_op install -d -m 0755 "$destdir$conf_dir"
+# 0644: the config names the key file but holds no secret (keep the key out of the URL).
 if [[ -e $destdir$config ]]; then
     say "keeping existing $destdir$config"
-else
-    # 0644: it names the key file but holds no secret (keep the key out of the URL).
+elif [[ -n $destdir && -z ${PROBE_ROOT:-} ]]; then
+    say "camera and microphone: the defaults (DESTDIR: this machine is not the device)"
     file_op install -m 0644 "$here/config.toml" "$destdir$config"
+else
+    # The board's own camera and microphone, found by the system python3 from this checkout
+    # (standard library only: it needs neither the venv nor the network).
+    probe=(--root "${PROBE_ROOT:-/}")
+    if ((!pi_camera)); then probe+=(--no-picamera2); fi
+    scratch=$(mktemp)
+    say "camera and microphone of this board, for $config (edit it to change them):"
+    if PYTHONPATH=$repo python3 -m streamer.detect "${probe[@]}" \
+        --template "$here/config.toml" --output "$scratch" && [[ -s $scratch ]]; then
+        file_op install -m 0644 "$scratch" "$destdir$config"
+    else
+        warn "could not detect the camera and microphone: the defaults go into $config"
+        file_op install -m 0644 "$here/config.toml" "$destdir$config"
+    fi
 fi
 
 key_created=0
@@ -170,6 +217,7 @@ else
 fi
 system_op chown "$user:$user" "$destdir$key"
 
+step "adding the boot fragment"
 boot=
 if [[ -e $destdir/boot/firmware/config.txt ]]; then
     boot=/boot/firmware/config.txt
@@ -192,6 +240,7 @@ if [[ -n $boot ]]; then
 fi
 
 # --- service ---
+step "enabling the service (systemctl)" "journalctl -u streamer -n 50 may say why."
 system_op systemctl daemon-reload
 key_set=0
 if [[ -s $destdir$key ]] && grep -q '[^[:space:]]' "$destdir$key" 2>/dev/null; then
@@ -208,6 +257,7 @@ else
     system_op systemctl enable streamer
 fi
 
+step=
 say ""
 if ((dry_run)); then
     say "dry run: nothing was changed."

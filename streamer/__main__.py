@@ -189,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--camera", help="overrides [video] camera")
     doctor.add_argument("--microphone", help="overrides [audio] microphone")
     doctor.add_argument("--encoder", help="overrides [video] encoder")
+    doctor.add_argument("--button", metavar="PIN", help="overrides [controls] button")
+    doctor.add_argument("--led", metavar="PIN", help="overrides [controls] led")
     return parser
 
 
@@ -362,6 +364,8 @@ def doctor(args: argparse.Namespace) -> int:
         camera=config.video.camera,
         microphone=config.audio.microphone,
         encoder=config.video.encoder,
+        button=config.controls.button,
+        led=config.controls.led,
     )
     if problem:
         print(f"FAIL  {logsetup.redact(problem)}  -> fix: edit the file (firmware/README.md)")

@@ -5,9 +5,10 @@ One screen, one finding per line, plain ASCII for the journal::
     ok    camera sim: simulated test pattern, needs no hardware
     FAIL  picamera2 cannot be imported (No module named 'libcamera')  -> fix: sudo apt ...
 
-``ok`` works, ``FAIL`` stops the configured pipeline (camera, microphone,
-encoder choices and the URL), ``info`` is a fact or a problem that only
-matters for another configuration. The exit status is 1 when any line is
+``ok`` works, ``FAIL`` is something the configuration asks for that does
+not work here (camera, microphone, encoder, button and LED pins, the URL),
+``info`` is a fact or a problem that only matters for another
+configuration. The exit status is 1 when any line is
 FAIL, else 0. A check that breaks unexpectedly becomes a FAIL line, never a
 traceback. The stream key is never printed: URLs appear redacted.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import glob
 import grp
 import importlib
 import os
@@ -315,6 +317,87 @@ def _open_alsa(alsaaudio: Any, device: str) -> Finding:
     return Finding("ok", f"{what}: opens for 48 kHz stereo capture")
 
 
+# --- button and LED ----------------------------------------------------------------
+
+PIP_GPIO = "pip install 'streamer[gpio]' (Raspberry Pi OS: sudo apt install python3-lgpio)"
+NO_CONTROLS = 'or set [controls] button = "" and led = "" (the stream runs without them)'
+
+
+def check_controls(button: str, led: str, *, chips: Sequence[str] | None = None) -> list[Finding]:
+    """The ``[controls]`` pins: gpiozero, a pin factory that loads, /dev/gpiochip*, pin names.
+
+    Pins are not claimed: a running service may hold them.
+    """
+    pins = {name: pin for name, pin in (("button", button), ("LED", led)) if pin}
+    if not pins:
+        return [Finding("info", "controls: no button or LED configured")]
+    gpiozero, problem = _optional_import("gpiozero", "button/LED", True, PIP_GPIO)
+    if gpiozero is None:
+        return problem
+    found = _check_gpiochips(sorted(glob.glob("/dev/gpiochip*")) if chips is None else chips)
+    from streamer.controls import pin_factory
+
+    try:
+        factory, fell_back = pin_factory(gpiozero)
+    except StreamerError as exc:
+        found.append(
+            Finding(
+                "FAIL",
+                f"button/LED: {exc.message}",
+                f"on a Raspberry Pi: sudo apt install python3-lgpio; {NO_CONTROLS}",
+            )
+        )
+        board, where = _reference_board(), "on a 40-pin Raspberry Pi header"
+    else:
+        notes = f" (fell back from {'; '.join(fell_back)})" if fell_back else ""
+        found.append(Finding("ok", f"GPIO pin factory {type(factory).__name__} loads{notes}"))
+        board, where = factory.board_info, "on this board"
+    for name, pin in pins.items():
+        key = "led" if name == "LED" else name
+        try:
+            gpio = board.to_gpio(pin)
+        except Exception as exc:
+            found.append(
+                Finding(
+                    "FAIL",
+                    f"[controls] {key} = {pin!r}: {exc}",
+                    f'a GPIO name such as "GPIO17" (BCM numbering), {NO_CONTROLS}',
+                )
+            )
+        else:
+            status: Status = "ok" if where == "on this board" else "info"
+            found.append(Finding(status, f"{name} {pin}: {gpio} {where}"))
+    return found
+
+
+def _check_gpiochips(chips: Sequence[str]) -> list[Finding]:
+    if not chips:
+        return [
+            Finding(
+                "FAIL",
+                "button/LED: no /dev/gpiochip* (the kernel offers no GPIO here)",
+                f"on a Raspberry Pi: check the kernel and /boot/firmware/config.txt; {NO_CONTROLS}",
+            )
+        ]
+    locked = [chip for chip in chips if not os.access(chip, os.R_OK | os.W_OK)]
+    if locked:
+        return [
+            Finding(
+                "FAIL",
+                f"button/LED: no permission to open {', '.join(locked)}",
+                "sudo usermod -aG gpio $USER, then log in again",
+            )
+        ]
+    return [Finding("ok", f"{', '.join(chips)} can be opened")]
+
+
+def _reference_board() -> Any:
+    """A 40-pin Raspberry Pi's pins, to judge names where no real factory loads."""
+    from gpiozero.pins.mock import MockFactory
+
+    return MockFactory().board_info
+
+
 # --- encoders --------------------------------------------------------------------
 
 
@@ -431,8 +514,8 @@ def check_groups(
     return found
 
 
-def _needed_groups(camera: str, microphone: str, encoder: str) -> set[str]:
-    needed = set()
+def _needed_groups(camera: str, microphone: str, encoder: str, controls: bool = False) -> set[str]:
+    needed = {"gpio"} if controls else set()
     if split_spec(camera)[0] in ("picamera2", "v4l2") or encoder.strip().lower() == "v4l2m2m":
         needed.add("video")
     if split_spec(microphone)[0] == "alsa":
@@ -543,6 +626,8 @@ def run_doctor(
     camera: str = "sim",
     microphone: str = "sim",
     encoder: str = "auto",
+    button: str = "",
+    led: str = "",
     out: TextIO = sys.stdout,
 ) -> int:
     """Print the findings; 0 when the configured pipeline can run, 1 when something stops it."""
@@ -551,11 +636,13 @@ def run_doctor(
         with contextlib.suppress(Exception):
             secret = parse_url(url).key
     audio = split_spec(microphone)[0] != "none"
+    controls = bool(button or led)
     sections: list[tuple[str, Callable[[], list[Finding]]]] = [
         ("camera", lambda: check_camera(camera)),
         ("microphone", lambda: check_microphone(microphone)),
         ("encoders", lambda: check_encoders(encoder, audio)),
-        ("groups", lambda: check_groups(_needed_groups(camera, microphone, encoder))),
+        ("controls", lambda: check_controls(button, led)),
+        ("groups", lambda: check_groups(_needed_groups(camera, microphone, encoder, controls))),
     ]
     if url:
         sections.append(("rtmp", lambda: check_rtmp(url)))
@@ -564,7 +651,8 @@ def run_doctor(
             ("rtmp", lambda: [Finding("info", "no URL given: RTMP server not checked")])
         )
     print(
-        f"streamer doctor: camera={camera} microphone={microphone} encoder={encoder}",
+        f"streamer doctor: camera={camera} microphone={microphone} encoder={encoder}"
+        f" button={button or 'none'} led={led or 'none'}",
         file=out,
     )
     failures = 0
@@ -576,7 +664,7 @@ def run_doctor(
                 line = line.replace(secret, REDACTED)
             print(line, file=out, flush=True)
     if failures:
-        print(f"FAIL  {failures} problem(s) stop this configuration: see the fixes above", file=out)
+        print(f"FAIL  {failures} problem(s) in this configuration: see the fixes above", file=out)
         return 1
     print("ok    this configuration can run", file=out)
     return 0

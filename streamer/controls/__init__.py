@@ -9,11 +9,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import structlog
-
 from streamer.exc import ConfigError, DeviceError
-
-log = structlog.get_logger("streamer.controls")
 
 MISSING_GPIOZERO = (
     "GPIO pins are configured (--button/--led) but gpiozero is not installed: "
@@ -44,12 +40,12 @@ def gpio_error(gpiozero: Any, what: str, pin: str, exc: Exception) -> Exception:
     return exc
 
 
-def pin_factory(gpiozero: Any) -> Any:
-    """The pin factory gpiozero uses here, loaded now; raises ``DeviceError`` if none loads.
+def pin_factory(gpiozero: Any) -> tuple[Any, list[str]]:
+    """The pin factory gpiozero uses here, loaded now, with the factories it fell back from.
 
     gpiozero tries lgpio, RPi.GPIO, pigpio and its native factory in turn and
-    warns about each that fails; those warnings become the error's reason
-    (or, when one loads after all, one warning line), never stray stderr text.
+    warns about each that fails; those warnings become notes (or the reason
+    of the ``DeviceError`` raised when none loads), never stray stderr text.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -58,16 +54,9 @@ def pin_factory(gpiozero: Any) -> Any:
         except Exception as exc:
             tried = "; ".join(_fallback(w.message) for w in caught)
             raise DeviceError(f"no GPIO pin factory loads on this board ({tried or exc})") from exc
-    if caught:
-        notes = "; ".join(_fallback(w.message) for w in caught)
-        log.warning("GPIO pin factory: fell back", factory=_factory_name(gpiozero), notes=notes)
-    return gpiozero.Device.pin_factory
+    return gpiozero.Device.pin_factory, [_fallback(w.message) for w in caught]
 
 
 def _fallback(message: Warning | str) -> str:
     """gpiozero's "Falling back from lgpio: No module named 'lgpio'" as "lgpio: ..."."""
     return str(message).removeprefix("Falling back from ")
-
-
-def _factory_name(gpiozero: Any) -> str:
-    return type(gpiozero.Device.pin_factory).__name__

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -63,10 +62,12 @@ def open_controls(
     if not controls.pins:
         return controls
     try:
-        factory: Any = pin_factory(require_gpiozero())
+        factory, fell_back = pin_factory(require_gpiozero())
     except StreamerError as exc:  # nothing can work: one line for all of them
         controls.unavailable(list(controls.pins), exc.message)
         return controls
+    if fell_back:
+        log.warning("GPIO pin factory fell back", factory=type(factory).__name__, notes=fell_back)
     if led:
         from streamer.controls.led import StatusLed
 

@@ -35,6 +35,7 @@ def test_doctor_lists_what_this_machine_lacks_for_a_pi_configuration(tmp_path: P
     assert any(line.startswith("FAIL") and "alsa" in line and "arecord" in line for line in lines)
     assert any(line.startswith("ok") and "libx264" in line for line in lines)
     assert any(line.startswith("FAIL") and "/live/***" in line for line in lines)  # server down
+    assert any(line.startswith("FAIL") and "button/LED" in line for line in lines)  # no GPIO
 
 
 def test_doctor_reports_a_broken_config_and_still_checks(tmp_path: Path) -> None:

@@ -226,3 +226,52 @@ def test_group_membership_and_fixes() -> None:
     assert found[1].fix == "sudo usermod -aG audio $USER, then log in again"
     (root,) = check_groups({"video"}, uid=0)
     assert root.status == "ok"
+
+
+@pytest.fixture
+def pin_factory() -> Iterator[None]:
+    """gpiozero's pin factory restored after a test that sets or loads one."""
+    from gpiozero import Device
+
+    previous = Device.pin_factory
+    Device.pin_factory = None
+    try:
+        yield
+    finally:
+        if Device.pin_factory not in (None, previous):
+            Device.pin_factory.close()
+        Device.pin_factory = previous
+
+
+def test_controls_pins_are_checked_by_name_on_the_board(pin_factory: None) -> None:
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    Device.pin_factory = MockFactory()
+    found = doctor.check_controls("GPIO17", "GPIO99", chips=["/dev/null"])
+    lines = [f.line() for f in found]
+    assert lines[:3] == [
+        "ok    /dev/null can be opened",
+        "ok    GPIO pin factory MockFactory loads",
+        "ok    button GPIO17: GPIO17 on this board",
+    ]
+    assert lines[3].startswith("FAIL  [controls] led = 'GPIO99': GPIO99 is not a valid pin name")
+    assert '-> fix: a GPIO name such as "GPIO17"' in lines[3]
+    (chips,) = doctor.check_controls("GPIO17", "", chips=[])[:1]
+    assert chips.status == "FAIL" and "no /dev/gpiochip*" in chips.text
+    assert doctor.check_controls("", "") == [
+        doctor.Finding("info", "controls: no button or LED configured")
+    ]
+
+
+def test_the_shipped_pins_on_a_board_without_gpio_fail(pin_factory: None) -> None:
+    """`[controls] button = "GPIO17"`, `led = "GPIO27"` where no pin factory loads."""
+    code, lines = doctor_output(None, camera="sim", microphone="sim", button="GPIO17", led="GPIO27")
+    gpio = [line for line in fails(lines) if "button/LED" in line]
+    if not gpio:
+        pytest.skip("this machine has GPIO (a Raspberry Pi?)")
+    assert code == 1
+    assert any("no GPIO pin factory loads on this board (lgpio: " in line for line in gpio)
+    assert all('[controls] button = "" and led = ""' in line for line in gpio)
+    assert "info  LED GPIO27: GPIO27 on a 40-pin Raspberry Pi header" in lines
+    assert lines[-1].startswith("FAIL") and "this configuration can run" not in lines

@@ -11,6 +11,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ SCHEMA: dict[str, set[str]] = {
 MUTATING = ["apt-get", "useradd", "usermod", "groupadd", "systemctl", "chown", "python3"]
 FAKE = """#!/bin/sh
 name=$(basename "$0")
+# The hardware probe only reads files: it runs for real (on PROBE_ROOT's tree in tests).
+if [ "$name $1 $2" = "python3 -m streamer.detect" ]; then exec "$REAL_PYTHON" "$@"; fi
 printf '%s\\n' "$name $*" >> "$FAKE_CALLS"
 case "$name $1" in
     "apt-cache show") [ "$FAKE_PI_OS" = 1 ] && exit 0 || exit 100 ;;
@@ -106,6 +109,7 @@ def install_sh(
     destdir: Path | None = None,
     pi_os: bool = True,
     fake_install: bool = True,
+    probe_root: Path | None = None,
 ) -> Run:
     """Run install.sh with the mutating commands faked (and logged)."""
     calls = fakebin.parent / "calls.log"
@@ -116,10 +120,13 @@ def install_sh(
         "PATH": f"{fakebin}:/usr/sbin:/usr/bin:/sbin:/bin",
         "FAKE_CALLS": str(calls),
         "FAKE_PI_OS": "1" if pi_os else "0",
+        "REAL_PYTHON": sys.executable,
         "LANG": "C.UTF-8",
     }
     if destdir is not None:
         env["DESTDIR"] = str(destdir)
+    if probe_root is not None:
+        env["PROBE_ROOT"] = str(probe_root)
     proc = subprocess.run(
         ["bash", str(INSTALL), *args],
         capture_output=True,
@@ -307,7 +314,7 @@ def test_dry_run_prints_every_action_and_changes_nothing(fakebin: Path) -> None:
             "would run: python3 -m venv --system-site-packages /opt/streamer/venv"
         ),
         Path("/etc/streamer/config.toml"): (
-            f"would run: install -m 0644 {CONFIG} /etc/streamer/config.toml"
+            "camera and microphone of this board, for /etc/streamer/config.toml"
         ),
         Path("/etc/streamer/stream.key"): (
             "would run: install -m 0600 /dev/null /etc/streamer/stream.key"
@@ -428,3 +435,63 @@ def test_legacy_boot_config_location_is_used_when_present(fakebin: Path, tmp_pat
     assert run.returncode == 0, run.stderr
     assert BOOT.read_text() in legacy.read_text()
     assert not (dest / "boot/firmware").exists()
+
+
+def test_a_first_install_writes_the_camera_and_microphone_the_board_has(
+    fakebin: Path, tmp_path: Path
+) -> None:
+    from tests.unit.test_detect import PI_CARDS, PI_VIDEO, board
+
+    dest = tmp_path / "image"
+    pi = board(tmp_path / "pi", video=PI_VIDEO, cards=PI_CARDS, capture=("card2/pcm0c",))
+    run = install_sh(fakebin, destdir=dest, fake_install=False, probe_root=pi)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert 'camera = "picamera2": Raspberry Pi camera module (unicam-image' in run.stdout
+    assert 'microphone = "alsa:plughw:CARD=Device": ALSA card 2' in run.stdout
+    config = dest / "etc/streamer/config.toml"
+    written = tomllib.loads(config.read_text())
+    assert written["video"]["camera"] == "picamera2"
+    assert written["audio"]["microphone"] == "alsa:plughw:CARD=Device"
+    assert mode(config) == 0o644
+    # A later run never rewrites it, whatever the board has by then.
+    config.write_text(config.read_text() + "# edited\n")
+    again = install_sh(fakebin, destdir=dest, fake_install=False, probe_root=tmp_path / "empty")
+    assert again.returncode == 0 and config.read_text().endswith("# edited\n")
+    assert "camera =" not in again.stdout
+
+
+def test_off_raspberry_pi_os_a_usb_webcam_is_chosen(fakebin: Path, tmp_path: Path) -> None:
+    from tests.unit.test_detect import PI_VIDEO, WEBCAM, board
+
+    if Path("/etc/streamer/config.toml").exists():
+        pytest.skip("this machine has a config: a dry run keeps it and detects nothing")
+    both = board(tmp_path / "board", video={**PI_VIDEO, 20: WEBCAM[0]})
+    run = install_sh(fakebin, "--dry-run", pi_os=False, probe_root=both)
+    assert run.returncode == 0, run.stderr
+    assert 'camera = "v4l2:/dev/video20": USB webcam "HD Pro Webcam C920"' in run.stdout
+    assert 'microphone = "none": no ALSA capture card' in run.stdout
+    assert re.search(
+        r"^would run: install -m 0644 \S+ /etc/streamer/config.toml$", run.stdout, re.M
+    )
+    assert mutating_calls(run) == [], run.calls
+
+
+def test_a_failed_step_says_which_and_a_rerun_completes_the_install(
+    fakebin: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "image"
+    blocker = dest / "etc/streamer"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory")  # install -d fails here, half way through
+    failed = install_sh(fakebin, destdir=dest, fake_install=False)
+    assert failed.returncode != 0
+    assert "FAILED while installing the unit, the config and the key file" in failed.stderr
+    assert "run install.sh again: every step is safe to repeat" in failed.stderr
+    assert (dest / "etc/systemd/system/streamer.service").exists()  # the steps before it stay
+    blocker.unlink()
+    rerun = install_sh(fakebin, destdir=dest, fake_install=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "FAILED" not in rerun.stderr
+    assert (dest / "etc/streamer/config.toml").read_text() == CONFIG.read_text()
+    assert (dest / "etc/streamer/stream.key").read_bytes() == b""
+    assert BOOT.read_text() in (dest / "boot/firmware/config.txt").read_text()
