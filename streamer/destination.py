@@ -38,7 +38,7 @@ from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING
 
 log = structlog.get_logger("streamer")
 
-STATS_INTERVAL = 5.0
+IDLE_WAIT = 5.0  # seconds to wait for packets before looking around again
 DRAIN_ON_STOP = 2.0  # seconds allowed to send what is queued when stopping
 SEND_BATCH = 16  # packets written per socket flush: few loop turns, no hidden backlog
 ROOM_WAIT = 0.5  # seconds to wait for a server ack before looking around again
@@ -284,7 +284,7 @@ class Destination:
         self.backoff.live_since(now)
         if self.bitrate is not None:
             self.bitrate.reset(now)
-        self._stats_at, self._stats_bytes, self._stats_frames = now, 0, self.frames_sent
+        self._stats_bytes = 0  # a new publisher counts from 0
         await self._pump(publisher, session, media)
         if session.ended:
             log.info(
@@ -303,7 +303,6 @@ class Destination:
             ):
                 return
             self.delivery.received(publisher.bytes_delivered)
-            self._count(publisher)
             if outbox.take_keyframe_request():
                 media.request_keyframe()
             if not publisher.has_room():
@@ -316,7 +315,7 @@ class Destination:
                 if not self._running:
                     return  # drained
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(STATS_INTERVAL):
+                    async with asyncio.timeout(IDLE_WAIT):
                         await outbox.ready.wait()
                 continue
             await publisher.flush()
@@ -333,15 +332,14 @@ class Destination:
             written += 1
         return written
 
-    def _count(self, publisher: Publisher) -> None:
-        """Rates over the last stats interval."""
-        now = self._clock()
+    def sample_rates(self, now: float) -> None:
+        """kbit/s and frames/s since the last sample (the stats interval)."""
+        publisher = self.publisher
+        sent = publisher.bytes_sent if publisher is not None else self._stats_bytes
         elapsed = now - self._stats_at
-        if elapsed < STATS_INTERVAL:
-            return
-        sent = publisher.bytes_sent
-        self.sent_kbps = round((sent - self._stats_bytes) * 8 / elapsed / 1000)
-        self.fps = round((self.frames_sent - self._stats_frames) / elapsed, 1)
+        if elapsed > 0:
+            self.sent_kbps = round(max(0, sent - self._stats_bytes) * 8 / elapsed / 1000)
+            self.fps = round((self.frames_sent - self._stats_frames) / elapsed, 1)
         self._stats_at, self._stats_bytes, self._stats_frames = now, sent, self.frames_sent
 
     def propose_bitrate(self, now: float) -> int | None:

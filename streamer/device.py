@@ -314,11 +314,10 @@ class Device:
         current = self.state.state
         if current == target:
             return
-        reasons = [d.reason for d in self.destinations if d.state == target]
-        reason = reasons[0] if len(self.destinations) == 1 and reasons else STATE_RULE
-        if len(self.destinations) > 1:
-            names = ", ".join(d.name for d in self.destinations if d.state == target)
-            reason = f"{target}: {names}" if names else target
+        if len(self.destinations) == 1:
+            reason = self.destinations[0].reason
+        else:
+            reason = ", ".join(f"{d.name} {d.state}" for d in self.destinations)
         for trigger in _PATHS.get((current, target), ()):
             self.state.fire(trigger, reason)
 
@@ -344,6 +343,8 @@ class Device:
         if now - self._stats_at < STATS_INTERVAL:
             return
         self._stats_at = now
+        for d in self.destinations:
+            d.sample_rates(now)
         log.info("stats", **self.numbers(), elapsed=f"{now - self.started:.0f}s")
         if self.s.destinations[1:]:
             for d in self.destinations:
