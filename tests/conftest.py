@@ -107,6 +107,12 @@ class LiveCli:
         """The first log line whose event is ``event`` (``'retrying after cooldown'``)."""
         return self._wait_for(lambda e: e.get("event") == event, f"event '{event}'", timeout, after)
 
+    def wait_for(
+        self, match: Callable[[dict[str, Any]], bool], what: str, timeout: float, after: int = 0
+    ) -> dict[str, Any]:
+        """The first log line (after the first ``after``) that ``match`` accepts."""
+        return self._wait_for(match, what, timeout, after)
+
     def _wait_for(
         self, match: Callable[[dict[str, Any]], bool], what: str, timeout: float, after: int
     ) -> dict[str, Any]:
