@@ -7,6 +7,12 @@ set -euo pipefail
 # chromium: the status page is rendered headless in a test; openssl: the rtmps:// test CA.
 packages=(nginx libnginx-mod-rtmp libnginx-mod-stream ffmpeg libasound2-dev systemd shellcheck
           chromium openssl)
+# node + npm: node-media-server, a second RTMP server for the interop tests (tests/interop;
+# Debian 12's nodejs 18 is new enough). A node from elsewhere (NodeSource) bundles npm and
+# conflicts with Debian's npm package, so these two are needed only when the commands are.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    packages+=(nodejs npm)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -415,10 +415,8 @@ class Streamer:
         controller = self.bitrate
         if controller is None:
             return
-        accepted = publisher.server_acked
-        if accepted is None:
-            accepted = publisher.bytes_sent - publisher.write_buffer_size
-        target = controller.update(now, accepted, pipeline.queue.depth_ms)
+        # The server's acks; from a server that never acks, its TCP's.
+        target = controller.update(now, publisher.bytes_delivered, pipeline.queue.depth_ms)
         if target is not None:
             log.info(
                 "bitrate",
