@@ -12,4 +12,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.section("image timings")
     for name, seconds in TIMES.items():
-        terminalreporter.write_line(f"{name:<40} {seconds:7.1f} s")
+        terminalreporter.write_line(f"{name:<44} {seconds:7.1f} s")
