@@ -301,13 +301,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def _umount(path: Path) -> None:
     if os.path.ismount(path):
         done = subprocess.run(["umount", str(path)], capture_output=True, timeout=30, check=False)
@@ -315,20 +308,48 @@ def _umount(path: Path) -> None:
             subprocess.run(["umount", "--lazy", str(path)], timeout=30, check=False)
 
 
+def _ours(pid: int, rundir: Path) -> bool:
+    """Is ``pid`` still a process of that run, not a reused PID?
+
+    Its command line names the run directory (nspawn, nginx), or its mounts
+    do (the container's init).
+    """
+    for name in ("cmdline", "mountinfo"):
+        with contextlib.suppress(OSError):
+            if str(rundir) in Path(f"/proc/{pid}/{name}").read_bytes().decode(errors="replace"):
+                return True
+    return False
+
+
+def _kill_recorded(rundir: Path, pidfile: Path, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pidfile.read_text())
+        if _ours(pid, rundir):
+            os.kill(pid, sig)
+
+
 def remove_stale_runs() -> None:
-    """Remove the run directories of earlier test processes that were killed before cleaning up."""
+    """Clean up after earlier test processes that were killed before they could.
+
+    Their container (its init first: every process inside goes with it, then
+    nspawn), their nginx-rtmp and its files, their run directory.
+    """
     runs = CACHE / "runs"
     for rundir in sorted(runs.glob("*")) if runs.is_dir() else []:
         with contextlib.suppress(OSError, ValueError):
             if _pid_alive(int((rundir / "owner").read_text())):
                 continue  # a test running now
-        with contextlib.suppress(OSError, ValueError):
-            pid = int((rundir / "nspawn.pid").read_text())
-            if str(rundir) in _cmdline(pid):  # still our container, not a reused PID
-                os.kill(pid, signal.SIGKILL)
+        say(f"cleaning up after a killed run: {rundir}")
+        _kill_recorded(rundir, rundir / "leader.pid")
+        _kill_recorded(rundir, rundir / "nspawn.pid")
+        with contextlib.suppress(OSError):
+            server = Path((rundir / "nginx.dir").read_text())
+            _kill_recorded(server, server / "nginx.pid", signal.SIGQUIT)
+            if server.name.startswith("streamer-rtmp-"):
                 time.sleep(1)
+                shutil.rmtree(server, ignore_errors=True)
+        time.sleep(1)
         _umount(rundir / "root")
-        say(f"removing a stale run directory: {rundir}")
         remove_tree(rundir)
 
 
@@ -458,6 +479,7 @@ class Container:
                 pytest.fail(f"no container init within {timeout:.0f} s", pytrace=False)
             self.leader = self._find_leader(self.proc.pid)
             time.sleep(0.1)
+        (self.rundir / "leader.pid").write_text(str(self.leader))
         state = ""
         while time.monotonic() < end:
             left = max(1.0, end - time.monotonic())
@@ -506,19 +528,24 @@ class Container:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # a timeout kills the command inside too (same group)
+            start_new_session=True,  # killing the group kills the command inside too
         )
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            self._kill(proc)
             out, _ = proc.communicate()
             pytest.fail(
                 f"`{' '.join(command)}` inside did not finish within {timeout:.0f} s:\n"
                 f"{tail(out.decode(errors='replace'))}",
                 pytrace=False,
             )
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM, pytest's timeout): nothing may run on. Left
+            # alone, the shutdown's SIGSTOP to every process would also stop nsenter for good.
+            self._kill(proc)
+            proc.communicate()
+            raise
         result = Result(proc.returncode, out.decode(errors="replace"))
         if check and result.returncode != 0:
             pytest.fail(
@@ -527,6 +554,11 @@ class Container:
                 pytrace=False,
             )
         return result
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
     def wait_exit(self, timeout: float) -> int:
         """Wait for systemd-nspawn to end (the container shut down); returns its exit status."""
@@ -554,7 +586,7 @@ class Container:
                 pytrace=False,
             )
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float = 20) -> None:
         """Power off (cleanly if it answers, else killed). Never fails: it runs in cleanups."""
         proc = self.proc
         if proc is None:

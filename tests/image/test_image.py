@@ -222,6 +222,7 @@ def device() -> Iterator[Device]:
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         say(f"run directory {box.rundir} ({box.create()} of the base)")
+        (box.rundir / "nginx.dir").write_text(str(server.dir))  # for a cleanup after a kill
         try:
             box.probe()
         except Unavailable as exc:
