@@ -203,8 +203,8 @@ def device() -> Iterator[Device]:
     start = time.monotonic()
     base = base_rootfs(mirror)
     if base.cached:
-        measured("debootstrap: cached base, this run", time.monotonic() - start)
-        measured("debootstrap: when the cache was built", base.build_seconds)
+        measured("debootstrap: none, base from the cache", time.monotonic() - start)
+        measured("debootstrap: when that cache was built", base.build_seconds)
     else:
         measured("debootstrap: fresh build", base.build_seconds)
     pip = host_pip_setup()
