@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Install the Debian packages streamer needs when they are missing.
+# Install the Debian packages streamer needs when they are missing, and those named as
+# arguments (make test-image adds debootstrap and systemd-container).
 # As root it installs them; otherwise it prints the command to run and fails.
 set -euo pipefail
 # nginx + rtmp: the test server; ffmpeg: benchmarks; libasound2-dev: pyalsaaudio builds;
 # systemd (systemd-analyze) + shellcheck: the boot-service files are checked in tests.
 # chromium: the status page is rendered headless in a test; openssl: the rtmps:// test CA.
 packages=(nginx libnginx-mod-rtmp libnginx-mod-stream ffmpeg libasound2-dev systemd shellcheck
-          chromium openssl)
+          chromium openssl "$@")
+# node + npm: node-media-server, a second RTMP server for the interop tests (tests/interop;
+# Debian 12's nodejs 18 is new enough). A node from elsewhere (NodeSource) bundles npm and
+# conflicts with Debian's npm package, so these two are needed only when the commands are.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    packages+=(nodejs npm)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -347,10 +347,8 @@ class Destination:
         publisher, controller, outbox = self.publisher, self.bitrate, self.outbox
         if controller is None or publisher is None or outbox is None or self.state != LIVE:
             return None
-        accepted = publisher.server_acked
-        if accepted is None:
-            accepted = publisher.bytes_sent - publisher.write_buffer_size
-        controller.update(now, accepted, outbox.depth_ms)
+        # The server's acks; from a server that never acks, its TCP's.
+        controller.update(now, publisher.bytes_delivered, outbox.depth_ms)
         return controller.target_kbps
 
     def stop(self, drain: bool = False) -> None:

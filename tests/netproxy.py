@@ -5,12 +5,20 @@ The client→server direction goes through a token bucket (``rate`` bytes/s,
 None = unlimited); a black hole stops forwarding in both directions but keeps
 every socket open, like a dead link that TCP has not noticed yet. New
 connections made during a black hole are held until it ends.
+
+By default the proxy takes (and its kernel acknowledges at TCP level) about
+200 kB the "link" has not carried yet: its autotuned receive buffer and its
+reader's read-ahead, where a real bottleneck queues bytes unacknowledged.
+``rcvbuf`` bounds both, so that only about ``3 * rcvbuf`` is acknowledged
+early. It matters to a publisher that watches TCP's acknowledgements because
+the server sends no RTMP ones; an RTMP server's acks show what it has read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +29,11 @@ CHUNK = 16 * 1024
 
 
 class ThrottleProxy:
-    def __init__(self, upstream_port: int, rate: float | None = None) -> None:
+    def __init__(
+        self, upstream_port: int, rate: float | None = None, rcvbuf: int | None = None
+    ) -> None:
         self.upstream_port = upstream_port
+        self.rcvbuf = rcvbuf
         self.port = free_port()
         self.rate = rate
         self.forwarded = 0  # client→server bytes delivered upstream
@@ -70,7 +81,14 @@ class ThrottleProxy:
         self._stop = asyncio.Event()
         resume = self._resume_event = asyncio.Event()
         resume.set()
-        server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)  # inherited
+        sock.bind(("127.0.0.1", self.port))
+        # The reader reads ahead up to twice its limit.
+        limit = self.rcvbuf // 2 if self.rcvbuf else 2**16
+        server = await asyncio.start_server(self._handle, sock=sock, limit=limit)
         self._ready.set()
         async with server:
             await self._stop.wait()
@@ -102,7 +120,7 @@ class ThrottleProxy:
         with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
             while True:
                 await self._gate().wait()  # black hole: stop reading, hold everything
-                data = await reader.read(CHUNK if throttle else 65536)
+                data = await reader.read(min(CHUNK, self.rcvbuf or CHUNK) if throttle else 65536)
                 if not data:
                     break
                 await self._gate().wait()

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from streamer.rtmp import amf0
@@ -65,6 +66,7 @@ class ScriptedServer:
     stop_reading_after: int | None = None  # bytes after the handshake
     # what happened
     received: list[Message] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)  # time.monotonic() each was read
     commands: list[list[Any]] = field(default_factory=list)
     ack_values: list[int] = field(default_factory=list)
     bytes_read: int = 0  # media and all, after the handshake
@@ -82,6 +84,7 @@ class ScriptedServer:
     _counter: int = 0
     _last_ack: int = 0
     _sequence: int = 0
+    _read_at: list[float] = field(default_factory=list)  # of each message in ``pending``
 
     # -- what it saw ----------------------------------------------------------------
 
@@ -90,6 +93,27 @@ class ScriptedServer:
 
     def command_names(self) -> list[str]:
         return [c[0] for c in self.commands]
+
+    def video_arrivals(self) -> list[tuple[float, int]]:
+        """(when it was read, its timestamp in ms) of each coded video frame received."""
+        return [
+            (t, x.timestamp)
+            for x, t in zip(self.received, self.arrived, strict=True)
+            if x.type_id == m.VIDEO and x.payload[1:2] == b"\x01"
+        ]
+
+    def write_flv(self, path: Path) -> Path:
+        """The audio and video received, as an FLV file a player (or PyAV) can open."""
+        with path.open("wb") as out:
+            out.write(b"FLV\x01\x05" + struct.pack(">II", 9, 0))
+            for x in self.received:
+                if x.type_id not in (m.AUDIO, m.VIDEO):
+                    continue
+                ts = x.timestamp & 0xFFFFFFFF
+                header = bytes([x.type_id]) + len(x.payload).to_bytes(3, "big")
+                header += (ts & 0xFFFFFF).to_bytes(3, "big") + bytes([ts >> 24, 0, 0, 0])
+                out.write(header + x.payload + struct.pack(">I", len(header) + len(x.payload)))
+        return path
 
     async def read_up_to(self, count: int, timeout: float) -> None:
         """Wait until the server has read ``count`` bytes after the handshake."""
@@ -161,10 +185,12 @@ class ScriptedServer:
                     self.pong.set()
             self._count(len(data))
             pending.extend(messages)
+            self._read_at.extend([time.monotonic()] * len(messages))
             if self.read_rate:  # a slow server: what it has not read waits in its socket
                 await asyncio.sleep(len(data) / self.read_rate)
         msg = pending.pop(0)
         self.received.append(msg)
+        self.arrived.append(self._read_at.pop(0))
         return msg
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

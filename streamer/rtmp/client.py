@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import re
 import socket
 import ssl
+import struct
+import termios
 from typing import Any, TypeVar
 
 import structlog
@@ -51,6 +54,10 @@ RESTART_GAP = ACK_WINDOW + CHUNK_SIZE + 64
 # send buffer grows to megabytes and hides seconds of video from the drop policy.
 NOTSENT_LOWAT = 32 * 1024
 TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+# Linux SIOCOUTQ: bytes in the socket's send queue the peer has not acknowledged.
+SIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
+# How often the kernel's view is looked at while waiting, for a server that never acks.
+KERNEL_POLL = 0.005
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305: try the next address after this long
 CLOSE_LINGER = 2.0  # seconds to read the server's last words before closing
 # A silent TLS server after this long (or 3 TCP connects) may be plain RTMP:
@@ -184,6 +191,10 @@ class RtmpPublisher:
         self._read_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
         self.window = InFlightWindow(min_window=4 * ACK_WINDOW)
+        # Until the server acks (some never do), TCP's own acks size the window:
+        # a link's queue then stays in our send queue, not in the kernel's.
+        self.tcp_window = InFlightWindow(min_window=2 * ACK_WINDOW)
+        self._sock: Any = None  # the TCP socket (under TLS too), for SIOCOUTQ
         self.acked = asyncio.Event()  # set on every server ack: room to send again
         self._unflushed: list[bytes] = []
         self._unflushed_bytes = 0
@@ -214,6 +225,7 @@ class RtmpPublisher:
         self._buffer_limit = WRITE_BUFFER_HIGH // 2 if tls else WRITE_BUFFER_HIGH
         writer.transport.set_write_buffer_limits(high=self._buffer_limit)
         sock = writer.get_extra_info("socket")  # the TCP socket, under TLS too
+        self._sock = sock
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
@@ -416,20 +428,46 @@ class RtmpPublisher:
 
     @property
     def bytes_delivered(self) -> int:
-        """What the server acknowledged; from one that never acks, what the kernel took."""
+        """What the server acknowledged; from one that never acks, what its TCP acknowledged."""
         if self.window.acked is not None:
             return self.window.acked
-        return self.bytes_sent - self._unflushed_bytes - self.write_buffer_size
+        tcp = self.tcp_acked()
+        return tcp if tcp is not None else self.bytes_sent - self._unflushed_bytes
+
+    def tcp_acked(self) -> int | None:
+        """Bytes the server's TCP acknowledged (Linux; approximate under TLS), else None.
+
+        Received by its kernel, not yet read by the server: all a publisher can
+        know of a server that sends no RTMP acknowledgements.
+        """
+        sock = self._sock
+        if sock is None or SIOCOUTQ is None or self._writer is None:
+            return None
+        try:
+            unacked: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+        except (OSError, ValueError):
+            return None
+        return max(0, self.bytes_sent - self._unflushed_bytes - self.write_buffer_size - unacked)
+
+    def _window_room(self) -> bool:
+        """Room in the in-flight window: the server's acks, or TCP's until it sends any."""
+        if self.window.acked is not None:
+            return self.window.room(self.bytes_sent)
+        tcp = self.tcp_acked()
+        if tcp is None:
+            return True
+        self.tcp_window.ack(tcp, asyncio.get_running_loop().time())
+        return self.tcp_window.room(self.bytes_sent)
 
     def has_room(self) -> bool:
         """Whether more media may be written now without hiding a backlog in buffers.
 
-        Two limits: the server's acks (the in-flight window) and our own buffers,
-        which fill once the kernel holds ``NOTSENT_LOWAT`` unsent bytes; the
-        latter is all there is against a server that never acknowledges.
+        Two limits: the in-flight window (sized from the server's acks, or from
+        its TCP's while it has sent none) and our own buffers, which fill once
+        the kernel holds ``NOTSENT_LOWAT`` unsent bytes.
         """
         buffered = self.write_buffer_size + self._unflushed_bytes
-        return buffered <= self._buffer_limit and self.window.room(self.bytes_sent)
+        return buffered <= self._buffer_limit and self._window_room()
 
     async def wait_for_room(self, timeout: float) -> None:
         """Wait up to ``timeout`` for ``has_room``: an ack, or our buffers draining."""
@@ -438,8 +476,11 @@ class RtmpPublisher:
             async with asyncio.timeout(timeout):
                 if self.write_buffer_size + self._unflushed_bytes > self._buffer_limit:
                     await self.flush()  # drains the transport to its low-water mark
-                if not self.window.room(self.bytes_sent):
-                    await self.acked.wait()
+                if not self._window_room():
+                    if self.window.acked is None:  # TCP's acks come without an event
+                        await asyncio.sleep(KERNEL_POLL)
+                    else:
+                        await self.acked.wait()
         self._raise_if_failed()
 
     @property
@@ -480,7 +521,9 @@ class RtmpPublisher:
             self._writer.write(b"".join(self._unflushed))
             self._unflushed.clear()
             self._unflushed_bytes = 0
-            self.window.sent(self.bytes_sent, asyncio.get_running_loop().time())
+            now = asyncio.get_running_loop().time()
+            self.window.sent(self.bytes_sent, now)
+            self.tcp_window.sent(self.bytes_sent, now)
         try:
             await self._writer.drain()  # the watchdog aborts the transport if this stalls
         except (ConnectionError, OSError) as exc:

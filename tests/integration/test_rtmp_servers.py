@@ -190,6 +190,43 @@ def test_a_server_that_never_acks_cannot_hide_megabytes_in_the_kernel() -> None:
     assert server.bytes_read > 500_000  # it did stream meanwhile
 
 
+def test_without_server_acks_the_window_follows_tcps_acks() -> None:
+    """A never-acking server that stops reading: what its TCP has not acknowledged
+    stays in flight, at most a window of it, and bytes_delivered says so."""
+    server = ScriptedServer(acks="none", stop_reading_after=50_000)
+    seen: dict[str, int] = {}
+
+    async def go() -> None:
+        async with listening(server, rcvbuf=4096) as port:
+            publisher = RtmpPublisher(parse_url(f"rtmp://127.0.0.1:{port}/live/k"), timeout=5)
+            await publisher.connect()
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            try:
+                for ts, body in frames(45, 5_000):  # 1.5 s of 1.2 Mbit/s video, paced
+                    await asyncio.sleep(max(0.0, start + ts / 1000 - loop.time()))
+                    if not publisher.has_room():
+                        await publisher.wait_for_room(0.5)
+                        if not publisher.has_room():
+                            break  # the window is full: the send queue would keep the rest
+                    publisher.write_video(ts, body)
+                    await publisher.flush()
+                    await asyncio.sleep(0)
+                seen["sent"] = publisher.bytes_sent
+                seen["delivered"] = publisher.bytes_delivered
+                seen["limit"] = publisher.tcp_window.limit()
+            finally:
+                publisher.abandon()
+                await publisher.close()
+
+    run(go(), timeout=20)
+    in_flight = seen["sent"] - seen["delivered"]
+    print(f"TCP window: {in_flight} B unacknowledged of {seen['sent']} sent, limit {seen['limit']}")
+    assert server.ack_values == []
+    assert 0 < in_flight <= seen["limit"] + 5_000 + 64  # the window, and the frame that filled it
+    assert seen["sent"] < 300_000, "stopped at the window, not when buffers filled"
+
+
 def test_publish_refused_with_error_reaches_the_user_at_once() -> None:
     """The server's _error reason is in the error line; in-process it arrives within 1 s."""
 

@@ -19,6 +19,7 @@ def project_text_files() -> list[Path]:
         for f in files
         if f.suffix in (".py", ".md", ".toml", ".sh", ".txt", ".service", "")
         and "__pycache__" not in f.parts
+        and "node_modules" not in f.parts  # third-party (tests/interop)
     ]
 
 

@@ -13,6 +13,7 @@ class Wire:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, int]] = []
+        self.bytes_sent = 0  # where each written frame ends, for the delivery count
 
     def write_video(self, ts: int, body: bytes) -> None:
         self.sent.append(("video", ts))

@@ -47,18 +47,28 @@ def test_microphone_is_a_continuous_440_hz_stereo_tone() -> None:
     assert np.max(np.abs(np.diff(left))) < 0.3 * 32767 * 2 * np.pi * 440 / 48000 * 1.05
 
 
+class FakeTime:
+    """time.monotonic and time.sleep on a clock that moves only when told (or slept)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, now: float) -> None:
+        self.now = now
+        monkeypatch.setattr(time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(time, "sleep", self.advance)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_frames_are_stamped_on_the_sensor_grid_however_late_they_are_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # A fake clock: the reader is late by 20 ms (less than a frame), then by
-    # 75 ms (two frames missed). Stamps stay on the 1/30 s grid, never bunch.
-    clock = {"now": 100.0}
-    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
-    monkeypatch.setattr(time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+    # The reader is late by 20 ms (less than a frame), then by 75 ms (two
+    # frames missed). Stamps stay on the 1/30 s grid, never bunch.
+    clock = FakeTime(monkeypatch, 100.0)
     pacer = sim.Pacer(1 / 30)
     stamps = [pacer.wait()]
     for late in (0.0, 0.020, 0.0, 0.075, 0.0):
-        clock["now"] += late
+        clock.advance(late)
         stamps.append(pacer.wait())
     frames = [round((t - 100.0) * 30, 6) for t in stamps]
     assert frames == [0, 1, 2, 3, 5, 6]
@@ -67,14 +77,12 @@ def test_frames_are_stamped_on_the_sensor_grid_however_late_they_are_read(
 def test_a_microphone_read_late_gets_every_period_it_missed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = {"now": 50.0}
-    monkeypatch.setattr(time, "monotonic", lambda: clock["now"])
-    monkeypatch.setattr(time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
+    clock = FakeTime(monkeypatch, 50.0)
     mic = SimMicrophone()
     first = mic.read()[1]
-    clock["now"] += 0.1  # almost five periods late
+    clock.advance(0.1)  # almost five periods late
     stamps = [mic.read()[1] for _ in range(6)]
-    assert clock["now"] - 50.0 < 0.1 + 2 * 1024 / 48000  # the backlog came at once
+    assert clock.now - 50.0 < 0.1 + 2 * 1024 / 48000  # the backlog came at once
     assert [round((t - first) * 48000) for t in stamps] == [1024 * i for i in range(1, 7)]
 
 
