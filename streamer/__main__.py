@@ -9,10 +9,11 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import structlog
 
+from streamer import backends
 from streamer import log as logsetup
 from streamer.config import DEFAULT_PATH, Config, load_config, stream_url, with_overrides
 from streamer.controls.panel import open_controls
@@ -50,18 +51,42 @@ def _ranged(kind: type[int] | type[float], low: float, high: float, unit: str = 
     return parse
 
 
+def _names_help(
+    choices: Sequence[backends.Backend[Any]], default: str, *, explain: bool = False
+) -> str:
+    """``one of: sim, sim:sync, ... (sim)``: the names ``streamer.backends`` lists.
+
+    ``explain`` adds what the default does; ``%`` is doubled for argparse.
+    """
+    text = f"one of: {backends.choices(choices)} ({default})"
+    chosen = backends.find(choices, default)
+    if explain and chosen is not None:
+        text += f"; {chosen.name}: {chosen.about}"
+    return text.replace("%", "%%")
+
+
+_DEFAULTS = Config()
+CAMERA_HELP = _names_help(backends.CAMERAS, _DEFAULTS.video.camera)
+MICROPHONE_HELP = _names_help(backends.MICROPHONES, _DEFAULTS.audio.microphone)
+ENCODER_HELP = _names_help(backends.ENCODERS, _DEFAULTS.video.encoder, explain=True)
+
+
 def _add_stream_options(p: argparse.ArgumentParser) -> None:
     """Flags that override the config file: None means "not given"."""
-    p.add_argument("--camera", help="sim | sim:sync | picamera2[:N] | v4l2[:/dev/videoN] (sim)")
-    p.add_argument("--microphone", help="sim | sim:sync | alsa[:DEVICE] | none (sim)")
+    p.add_argument("--camera", metavar="NAME", help=CAMERA_HELP)
+    p.add_argument(
+        "--microphone",
+        metavar="NAME",
+        help=MICROPHONE_HELP,
+    )
     p.add_argument("--size", type=_size, help="WIDTHxHEIGHT (1280x720)")
     p.add_argument("--fps", type=_ranged(float, 1, 120), help="frames/s (30)")
     p.add_argument("--video-bitrate", type=_ranged(int, 50, 50000, " kbps"), help="kbps (2500)")
     p.add_argument("--audio-bitrate", type=_ranged(int, 16, 512, " kbps"), help="kbps (128)")
     p.add_argument(
         "--encoder",
-        help="auto (the V4L2 hardware encoder where there is one, else libx264), "
-        "v4l2m2m or libx264",
+        metavar="NAME",
+        help=ENCODER_HELP,
     )
     p.add_argument(
         "--filter",
@@ -186,9 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help=f"the device's settings (default {DEFAULT_PATH})"
     )
     doctor.add_argument("--url", help="also check that this RTMP server answers a handshake")
-    doctor.add_argument("--camera", help="overrides [video] camera")
-    doctor.add_argument("--microphone", help="overrides [audio] microphone")
-    doctor.add_argument("--encoder", help="overrides [video] encoder")
+    doctor.add_argument(
+        "--camera",
+        metavar="NAME",
+        help=f"overrides [video] camera; {CAMERA_HELP}",
+    )
+    doctor.add_argument(
+        "--microphone",
+        metavar="NAME",
+        help=f"overrides [audio] microphone; {MICROPHONE_HELP}",
+    )
+    doctor.add_argument(
+        "--encoder",
+        metavar="NAME",
+        help=f"overrides [video] encoder; {ENCODER_HELP}",
+    )
     doctor.add_argument("--button", metavar="PIN", help="overrides [controls] button")
     doctor.add_argument("--led", metavar="PIN", help="overrides [controls] led")
     return parser

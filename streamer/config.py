@@ -17,7 +17,7 @@ import re
 import stat
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from streamer import backends
 from streamer import log as logsetup
 from streamer.exc import ConfigError
 from streamer.rtmp.url import parse_url
@@ -213,35 +214,17 @@ def _size(value: Any) -> tuple[int, int]:
     return width, height
 
 
-CAMERAS = "sim, sim:sync, picamera2[:N], v4l2[:/dev/videoN]"
-MICROPHONES = "sim, sim:sync, alsa[:DEVICE], none"
+def _backend(backends_: Sequence[backends.Backend[Any]]) -> Check:
+    """A camera, microphone or encoder name from ``streamer.backends``, refused here
+    if it cannot exist, before the boot service tries to open it."""
 
+    def check(value: Any) -> str:
+        spec = backends.normalise(backends_, _string(value))
+        if spec is None:
+            raise _Invalid(f"= {_show(value)} is not one of: {backends.choices(backends_)}")
+        return spec
 
-def _camera(value: Any) -> str:
-    """Refuse a camera that cannot exist before the boot service opens it."""
-    name, colon, arg = _string(value).strip().partition(":")
-    name = name.strip().lower()
-    ok = (
-        (name == "sim" and (not colon or arg == "sync"))
-        or (name == "picamera2" and (not colon or arg.isdigit()))
-        or (name == "v4l2" and (not colon or (arg.startswith("/dev/") and not _spaced(arg))))
-    )
-    if not ok:
-        raise _Invalid(f"= {_show(value)} is not one of: {CAMERAS}")
-    return f"{name}:{arg}" if colon else name
-
-
-def _microphone(value: Any) -> str:
-    name, colon, arg = _string(value).strip().partition(":")
-    name = name.strip().lower()
-    ok = (
-        (name == "sim" and (not colon or arg == "sync"))
-        or (name == "alsa" and (not colon or (arg != "" and not _spaced(arg))))
-        or (name == "none" and not colon)
-    )
-    if not ok:
-        raise _Invalid(f"= {_show(value)} is not one of: {MICROPHONES}")
-    return f"{name}:{arg}" if colon else name
+    return check
 
 
 def _spaced(text: str) -> bool:
@@ -303,15 +286,18 @@ SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
     "video": (
         VideoSection,
         {
-            "camera": _camera,
+            "camera": _backend(backends.CAMERAS),
             "size": _size,
             "fps": _number(1, 120),
             "bitrate_kbps": _integer(50, 50000),
-            "encoder": _choice("auto", "v4l2m2m", "libx264"),
+            "encoder": _backend(backends.ENCODERS),
             "filters": _filters,
         },
     ),
-    "audio": (AudioSection, {"microphone": _microphone, "bitrate_kbps": _integer(16, 512)}),
+    "audio": (
+        AudioSection,
+        {"microphone": _backend(backends.MICROPHONES), "bitrate_kbps": _integer(16, 512)},
+    ),
     "network": (
         NetworkSection,
         {

@@ -31,16 +31,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from streamer.encode.select import (
-    CHOICES as ENCODER_CHOICES,
-)
+from streamer import backends
+from streamer.backends import split_spec
 from streamer.encode.select import (
     libx264_unavailable_reason,
     v4l2m2m_unavailable_reason,
     video_device_names,
 )
 from streamer.exc import StreamerError
-from streamer.hardware.base import split_spec
 from streamer.rtmp.handshake import client_handshake
 from streamer.rtmp.url import REDACTED, RtmpUrl, parse_url
 
@@ -48,8 +46,6 @@ Status = Literal["ok", "FAIL", "info"]
 HANDSHAKE_TIMEOUT = 5.0
 APT_PICAMERA2 = "sudo apt install python3-picamera2 (a venv needs --system-site-packages)"
 PIP_ALSA = "sudo apt install libasound2-dev && pip install pyalsaaudio"
-CAMERAS = "sim, picamera2, v4l2[:/dev/videoN]"
-MICROPHONES = "sim, alsa[:DEVICE], none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +88,15 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def _not_one_of(what: str, spec: str, choices: Sequence[backends.Backend[Any]]) -> Finding:
+    """The line for a name ``streamer.backends`` does not list, as the config file says it."""
+    return Finding(
+        "FAIL",
+        f"{what} {spec!r} is not one of: {backends.choices(choices)}",
+        f"--{what} {choices[0].name} (or another of these)",
+    )
+
+
 # --- cameras ---------------------------------------------------------------------
 
 
@@ -99,18 +104,13 @@ def check_camera(camera: str) -> list[Finding]:
     """The configured camera, then what libcamera and /dev/video* offer."""
     name, arg = split_spec(camera)
     found: list[Finding] = []
-    if name == "sim":
+    if backends.normalise(backends.CAMERAS, camera) is None:
+        found.append(_not_one_of("camera", camera, backends.CAMERAS))
+        name = ""
+    elif name == "sim":
         found.append(Finding("ok", "camera sim: simulated test pattern, needs no hardware"))
     elif name == "v4l2":
         found += _check_v4l2_camera(arg or "/dev/video0")
-    elif name != "picamera2":
-        found.append(
-            Finding(
-                "FAIL",
-                f"unknown camera {name!r}; available: {CAMERAS}",
-                "--camera sim (or picamera2, v4l2:/dev/videoN)",
-            )
-        )
     found += check_libcamera(needed=name == "picamera2", index=arg if name == "picamera2" else None)
     found += check_video_devices()
     return found
@@ -230,18 +230,13 @@ def check_video_devices() -> list[Finding]:
 def check_microphone(microphone: str) -> list[Finding]:
     name, arg = split_spec(microphone)
     found: list[Finding] = []
-    if name == "sim":
+    if backends.normalise(backends.MICROPHONES, microphone) is None:
+        found.append(_not_one_of("microphone", microphone, backends.MICROPHONES))
+        name = ""
+    elif name == "sim":
         found.append(Finding("ok", "microphone sim: simulated tone, needs no hardware"))
     elif name == "none":
         found.append(Finding("ok", "microphone none: video only"))
-    elif name != "alsa":
-        found.append(
-            Finding(
-                "FAIL",
-                f"unknown microphone {name!r}; available: {MICROPHONES}",
-                "--microphone sim (or alsa:DEVICE, none)",
-            )
-        )
     found += check_alsa(
         needed=name == "alsa", device=(arg or "default") if name == "alsa" else None
     )
@@ -403,15 +398,9 @@ def _reference_board() -> Any:
 
 def check_encoders(encoder: str, audio: bool) -> list[Finding]:
     """Which H.264 encoders open here, which one the configuration gets; AAC if audio."""
-    choice = encoder.strip().lower()
-    if choice not in ENCODER_CHOICES:
-        return [
-            Finding(
-                "FAIL",
-                f"unknown encoder {encoder!r}; available: {', '.join(ENCODER_CHOICES)}",
-                "--encoder auto",
-            )
-        ]
+    choice = backends.normalise(backends.ENCODERS, encoder)
+    if choice is None:
+        return [_not_one_of("encoder", encoder, backends.ENCODERS)]
     x264 = libx264_unavailable_reason()
     v4l2 = v4l2m2m_unavailable_reason()
     found = []
@@ -515,11 +504,14 @@ def check_groups(
 
 
 def _needed_groups(camera: str, microphone: str, encoder: str, controls: bool = False) -> set[str]:
+    """The groups the configured backends need (``streamer.backends``), gpio for controls."""
     needed = {"gpio"} if controls else set()
-    if split_spec(camera)[0] in ("picamera2", "v4l2") or encoder.strip().lower() == "v4l2m2m":
-        needed.add("video")
-    if split_spec(microphone)[0] == "alsa":
-        needed.add("audio")
+    found = (
+        backends.find(backends.CAMERAS, camera),
+        backends.find(backends.MICROPHONES, microphone),
+        backends.find(backends.ENCODERS, encoder),
+    )
+    needed.update(b.group for b in found if b is not None and b.group is not None)
     return needed
 
 

@@ -160,9 +160,21 @@ def test_unknown_choices_fail_with_the_choices() -> None:
     code, lines = doctor_output(None, camera="webcam", microphone="mic", encoder="nvenc")
     assert code == 1
     text = "\n".join(fails(lines))
-    assert "unknown camera 'webcam'; available: sim, picamera2, v4l2" in text
-    assert "unknown microphone 'mic'; available: sim, alsa[:DEVICE], none" in text
-    assert "unknown encoder 'nvenc'; available: auto, v4l2m2m, libx264" in text
+    assert "camera 'webcam' is not one of: sim, sim:sync, picamera2[:N], v4l2" in text
+    assert "microphone 'mic' is not one of: sim, sim:sync, alsa[:DEVICE], none" in text
+    assert "encoder 'nvenc' is not one of: auto, v4l2m2m, libx264" in text
+
+
+@pytest.mark.parametrize(
+    ("camera", "microphone"), [("sim:flash", "alsa:"), ("picamera2:front", "none:x")]
+)
+def test_a_known_name_with_an_argument_it_does_not_take_fails(camera: str, microphone: str) -> None:
+    code, lines = doctor_output(None, camera=camera, microphone=microphone, encoder="libx264")
+    assert code == 1
+    text = "\n".join(fails(lines))
+    assert f"camera {camera!r} is not one of: " in text
+    assert f"microphone {microphone!r} is not one of: " in text
+    assert not any(line.startswith("ok    camera") for line in lines)
 
 
 def test_explicit_v4l2m2m_without_the_hardware_fails() -> None:
