@@ -15,7 +15,7 @@ import structlog
 
 from streamer import backends
 from streamer import log as logsetup
-from streamer.config import DEFAULT_PATH, Config, load_config, stream_url, with_overrides
+from streamer.config import DEFAULT_PATH, Config, destinations, load_config, with_overrides
 from streamer.controls.panel import open_controls
 from streamer.device import Device
 from streamer.exc import ConfigError, StreamerError
@@ -136,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"settings file (default {DEFAULT_PATH}; flags override it)",
     )
-    run.add_argument("--url", help="rtmp://host[:port]/app/streamkey (or stream.url in the file)")
+    run.add_argument(
+        "--url",
+        action="append",
+        help="rtmp[s]://host[:port]/app/streamkey; repeat it to publish the same stream to "
+        "several servers (replaces the file's [stream] and [[destination]] tables)",
+    )
     run.add_argument(
         "--duration", type=_ranged(float, 0.1, 1e9, " s"), help="stop after this many seconds"
     )
@@ -210,7 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--config", type=Path, help=f"the device's settings (default {DEFAULT_PATH})"
     )
-    doctor.add_argument("--url", help="also check that this RTMP server answers a handshake")
+    doctor.add_argument(
+        "--url",
+        action="append",
+        help="check that this RTMP server answers a handshake (repeatable; "
+        "replaces the file's destinations)",
+    )
     doctor.add_argument(
         "--camera",
         metavar="NAME",
@@ -268,7 +278,7 @@ def config_from(args: argparse.Namespace, base: Config) -> Config:
 def settings_from(config: Config, args: argparse.Namespace) -> Settings:
     v, a, n, r = config.video, config.audio, config.network, config.record
     return Settings(
-        urls=(stream_url(config),),
+        urls=destinations(config),
         camera=v.camera,
         microphone=a.microphone,
         width=v.size[0],
@@ -393,11 +403,11 @@ def doctor(args: argparse.Namespace) -> int:
         problem = exc.message
         config = config_from(args, Config())
     try:
-        url: str | None = stream_url(config)
+        targets = destinations(config)
     except ConfigError:
-        url = None  # no server configured: the RTMP check is skipped
+        targets = ()  # no server configured: the RTMP check is skipped
     code = run_doctor(
-        url,
+        targets,
         camera=config.video.camera,
         microphone=config.audio.microphone,
         encoder=config.video.encoder,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import glob
 import grp
 import importlib
@@ -41,6 +42,7 @@ from streamer.encode.select import (
 from streamer.exc import StreamerError
 from streamer.rtmp.handshake import client_handshake
 from streamer.rtmp.url import REDACTED, RtmpUrl, parse_url
+from streamer.settings import Target
 
 Status = Literal["ok", "FAIL", "info"]
 HANDSHAKE_TIMEOUT = 5.0
@@ -518,13 +520,18 @@ def _needed_groups(camera: str, microphone: str, encoder: str, controls: bool = 
 # --- RTMP ------------------------------------------------------------------------
 
 
-def check_rtmp(url_text: str, timeout: float = HANDSHAKE_TIMEOUT) -> list[Finding]:
-    """Does the server answer an RTMP handshake (TCP, TLS for rtmps://) within ``timeout``?"""
+def check_rtmp(
+    url_text: str | RtmpUrl, timeout: float = HANDSHAKE_TIMEOUT, name: str = ""
+) -> list[Finding]:
+    """Does the server answer an RTMP handshake (TCP, TLS for rtmps://) within ``timeout``?
+
+    ``name``: the destination's, to start each line with when there are several.
+    """
     try:
-        url = parse_url(url_text)
+        url = parse_url(url_text) if isinstance(url_text, str) else url_text
     except StreamerError as exc:
         return [Finding("FAIL", exc.message, "--url rtmp://host[:port]/app/KEY")]
-    where = url.redacted
+    where = f"{name}: {url.redacted}" if name else url.redacted
     start = time.monotonic()
     try:
         asyncio.run(_handshake(url, timeout))
@@ -613,7 +620,7 @@ def _safe(title: str, check: Callable[[], list[Finding]]) -> list[Finding]:
 
 
 def run_doctor(
-    url: str | None,
+    urls: Sequence[str | Target] = (),
     *,
     camera: str = "sim",
     microphone: str = "sim",
@@ -622,11 +629,14 @@ def run_doctor(
     led: str = "",
     out: TextIO = sys.stdout,
 ) -> int:
-    """Print the findings; 0 when the configured pipeline can run, 1 when something stops it."""
-    secret = ""
-    if url:
+    """Print the findings; 0 when the configured pipeline can run, 1 when something stops it.
+
+    ``urls``: every destination; each server is asked for an RTMP handshake.
+    """
+    secrets = []
+    for url in urls:
         with contextlib.suppress(Exception):
-            secret = parse_url(url).key
+            secrets.append(url.url.key if isinstance(url, Target) else parse_url(url).key)
     audio = split_spec(microphone)[0] != "none"
     controls = bool(button or led)
     sections: list[tuple[str, Callable[[], list[Finding]]]] = [
@@ -636,9 +646,13 @@ def run_doctor(
         ("controls", lambda: check_controls(button, led)),
         ("groups", lambda: check_groups(_needed_groups(camera, microphone, encoder, controls))),
     ]
-    if url:
-        sections.append(("rtmp", lambda: check_rtmp(url)))
-    else:
+    for url in urls:
+        if isinstance(url, Target):
+            name = url.name if len(urls) > 1 else ""
+            sections.append(("rtmp", functools.partial(check_rtmp, url.url, name=name)))
+        else:
+            sections.append(("rtmp", functools.partial(check_rtmp, url)))
+    if not urls:
         sections.append(
             ("rtmp", lambda: [Finding("info", "no URL given: RTMP server not checked")])
         )
@@ -652,8 +666,9 @@ def run_doctor(
         for finding in _safe(title, check):
             failures += finding.status == "FAIL"
             line = finding.line()
-            if len(secret) >= 3:  # belt and braces: no line ever carries the key
-                line = line.replace(secret, REDACTED)
+            for secret in secrets:  # belt and braces: no line ever carries a key
+                if len(secret) >= 3:
+                    line = line.replace(secret, REDACTED)
             print(line, file=out, flush=True)
     if failures:
         print(f"FAIL  {failures} problem(s) in this configuration: see the fixes above", file=out)

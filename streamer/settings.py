@@ -7,12 +7,17 @@ made, so a bad URL never reaches the network.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from streamer.exc import ConfigError
 from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS
 from streamer.rtmp.url import RtmpUrl, parse_url
+
+# A destination's name shows in logs, /status and as a Prometheus label value.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+NAME_RULE = 'must be 1 to 40 letters, digits, ".", "_" or "-", starting with a letter or digit'
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,20 +32,31 @@ class Target:
 
 
 def targets(urls: Iterable[str | RtmpUrl | Target]) -> tuple[Target, ...]:
-    """Destinations from URLs (strings are parsed here); unnamed ones are named by host."""
+    """Destinations from URLs (strings are parsed here), in order.
+
+    A ``Target`` keeps its name (``NAME_RULE``; two of the same name are an
+    error); an unnamed URL is named by its host, then ``host-2``,
+    ``host-3``... when that name is taken.
+    """
+    items = [parse_url(u) if isinstance(u, str) else u for u in urls]
+    named = [t.name for t in items if isinstance(t, Target)]
+    for name in named:
+        if not NAME_PATTERN.fullmatch(name):
+            raise ConfigError(f"destination name {name!r} {NAME_RULE}")
+        if named.count(name) > 1:
+            raise ConfigError(f"two destinations are named {name!r}; give each its own name")
+    taken = set(named)
     out: list[Target] = []
-    for item in urls:
+    for item in items:
         if isinstance(item, Target):
             out.append(item)
             continue
-        url = parse_url(item) if isinstance(item, str) else item
-        out.append(Target(url, url.host))
-    names = [t.name for t in out]
-    for i, t in enumerate(out):  # two destinations on one host: host, host-2, ...
-        if names.count(t.name) > 1:
-            out[i] = Target(t.url, f"{t.name}-{names[: i + 1].count(t.name)}")
-    if len({t.name for t in out}) != len(out):
-        raise ConfigError("two destinations have the same name; give each its own")
+        name, n = item.host, 1
+        while name in taken:
+            n += 1
+            name = f"{item.host}-{n}"
+        taken.add(name)
+        out.append(Target(item, name))
     return tuple(out)
 
 
@@ -53,7 +69,7 @@ class Settings:
     encoded stream.
     """
 
-    urls: tuple[str | RtmpUrl | Target, ...] | list[str | RtmpUrl | Target] = ()
+    urls: Sequence[str | RtmpUrl | Target] = ()
     camera: str = "sim"
     microphone: str = "sim"
     width: int = 1280

@@ -23,7 +23,7 @@ KEY = "s3cretKEY-42"
 
 def doctor_output(url: str | None = None, **kwargs: str) -> tuple[int, list[str]]:
     out = io.StringIO()
-    code = run_doctor(url, out=out, **kwargs)
+    code = run_doctor([url] if url else [], out=out, **kwargs)
     text = out.getvalue()
     assert "Traceback" not in text
     assert KEY not in text
