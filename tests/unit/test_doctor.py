@@ -96,6 +96,24 @@ def test_real_nginx_rtmp_answers_the_handshake(nginx: LocalRtmpServer) -> None:
     assert code == 0, "\n".join(lines)
 
 
+@pytest.mark.integration
+def test_every_destination_is_checked_and_named(nginx: LocalRtmpServer) -> None:
+    from streamer.rtmp.url import parse_url
+    from streamer.settings import Target
+
+    up = Target(parse_url(nginx.url(KEY)), "main")
+    down = Target(parse_url(f"rtmp://127.0.0.1:{free_port()}/live/{KEY}x"), "backup")
+    out = io.StringIO()
+    code = run_doctor([up, down], camera="sim", microphone="none", encoder="libx264", out=out)
+    text = out.getvalue()
+    assert code == 1
+    assert KEY not in text
+    lines = text.splitlines()
+    assert any(x.startswith("ok    main: rtmp://127.0.0.1:") and "answers" in x for x in lines)
+    (failed,) = fails(lines)[:-1]
+    assert failed.startswith("FAIL  backup: rtmp://127.0.0.1:") and "connection refused" in failed
+
+
 class OneShotServer:
     """A TCP server on loopback that answers every connection with ``reply`` (or silence)."""
 
