@@ -10,10 +10,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from streamer import backends
 from streamer.exc import ConfigError
 from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS
 from streamer.rtmp.url import RtmpUrl, parse_url
+
+if TYPE_CHECKING:
+    from streamer.hardware.base import AudioSource, VideoSource
 
 # A destination's name shows in logs, /status and as a Prometheus label value.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
@@ -67,11 +72,18 @@ class Settings:
     ``urls``: one or more destinations (``rtmp://host[:port]/app/key`` strings,
     parsed ``RtmpUrl`` or named ``Target``); every destination gets the same
     encoded stream.
+
+    ``camera`` and ``microphone``: a name from ``streamer.backends``
+    (``"sim"``, ``"picamera2:1"``, ``"alsa:default"``, ``"none"``...), or the
+    app's own object that follows ``VideoSource`` / ``AudioSource``
+    (``streamer/hardware/base.py``), which the pipeline opens, reads and
+    closes as it would one of its own. ``encoder``: a name from
+    ``streamer.backends.ENCODERS``. Names are checked (and lower-cased) here.
     """
 
     urls: Sequence[str | RtmpUrl | Target] = ()
-    camera: str = "sim"
-    microphone: str = "sim"
+    camera: str | VideoSource = "sim"
+    microphone: str | AudioSource = "sim"
     width: int = 1280
     height: int = 720
     fps: float = 30.0
@@ -97,6 +109,11 @@ class Settings:
     destinations: tuple[Target, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "camera", _source("camera", self.camera, backends.CAMERAS))
+        object.__setattr__(
+            self, "microphone", _source("microphone", self.microphone, backends.MICROPHONES)
+        )
+        object.__setattr__(self, "encoder", _name("encoder", self.encoder, backends.ENCODERS))
         found = targets(self.urls)
         if not found:
             raise ConfigError("no stream URL: give at least one rtmp://host/app/key")
@@ -107,3 +124,28 @@ class Settings:
     def url(self) -> RtmpUrl:
         """The first destination's URL."""
         return self.destinations[0].url
+
+
+SOURCE_METHODS = ("open", "read", "close")
+
+
+def _name(what: str, spec: str, choices: Sequence[backends.Backend[Any]]) -> str:
+    normal = backends.normalise(choices, spec)
+    if normal is None:
+        raise ConfigError(f"{what} {spec!r} is not one of: {backends.choices(choices)}")
+    return normal
+
+
+def _source(what: str, value: Any, choices: Sequence[backends.Backend[Any]]) -> Any:
+    """A registered name (normalised), or an object with the source protocol's methods."""
+    if isinstance(value, str):
+        return _name(what, value, choices)
+    missing = [m for m in SOURCE_METHODS if not callable(getattr(value, m, None))]
+    if missing:
+        protocol = "VideoSource" if what == "camera" else "AudioSource"
+        raise TypeError(
+            f"{what} must be one of {backends.choices(choices)}, or an object with open(), "
+            f"read() and close() ({protocol} in streamer/hardware/base.py); "
+            f"a {type(value).__name__} has no {', '.join(m + '()' for m in missing)}"
+        )
+    return value
