@@ -74,20 +74,12 @@ ENCODER_HELP = _names_help(backends.ENCODERS, _DEFAULTS.video.encoder, explain=T
 def _add_stream_options(p: argparse.ArgumentParser) -> None:
     """Flags that override the config file: None means "not given"."""
     p.add_argument("--camera", metavar="NAME", help=CAMERA_HELP)
-    p.add_argument(
-        "--microphone",
-        metavar="NAME",
-        help=MICROPHONE_HELP,
-    )
+    p.add_argument("--microphone", metavar="NAME", help=MICROPHONE_HELP)
     p.add_argument("--size", type=_size, help="WIDTHxHEIGHT (1280x720)")
     p.add_argument("--fps", type=_ranged(float, 1, 120), help="frames/s (30)")
     p.add_argument("--video-bitrate", type=_ranged(int, 50, 50000, " kbps"), help="kbps (2500)")
     p.add_argument("--audio-bitrate", type=_ranged(int, 16, 512, " kbps"), help="kbps (128)")
-    p.add_argument(
-        "--encoder",
-        metavar="NAME",
-        help=ENCODER_HELP,
-    )
+    p.add_argument("--encoder", metavar="NAME", help=ENCODER_HELP)
     p.add_argument(
         "--filter",
         dest="filters",
@@ -221,20 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="check that this RTMP server answers a handshake (repeatable; "
         "replaces the file's destinations)",
     )
+    doctor.add_argument("--camera", metavar="NAME", help=f"overrides [video] camera; {CAMERA_HELP}")
     doctor.add_argument(
-        "--camera",
-        metavar="NAME",
-        help=f"overrides [video] camera; {CAMERA_HELP}",
+        "--microphone", metavar="NAME", help=f"overrides [audio] microphone; {MICROPHONE_HELP}"
     )
     doctor.add_argument(
-        "--microphone",
-        metavar="NAME",
-        help=f"overrides [audio] microphone; {MICROPHONE_HELP}",
-    )
-    doctor.add_argument(
-        "--encoder",
-        metavar="NAME",
-        help=f"overrides [video] encoder; {ENCODER_HELP}",
+        "--encoder", metavar="NAME", help=f"overrides [video] encoder; {ENCODER_HELP}"
     )
     doctor.add_argument("--button", metavar="PIN", help="overrides [controls] button")
     doctor.add_argument("--led", metavar="PIN", help="overrides [controls] led")

@@ -589,7 +589,7 @@ def _resolve(config: Config, *, complete: bool, warn: bool) -> list[Resolved]:
     if s.url is not None:
         entries.insert(0, ("stream", s))
     elif complete and (s.key_file is not None or s.name or not entries):
-        where = _where(config, "stream.key_file" if s.key_file else "stream.url")
+        where = _where(config, "stream")  # where any stream.* was set, else the file
         if s.key_file is not None or s.name:
             given = "stream.key_file" if s.key_file is not None else "stream.name"
             raise ConfigError(
