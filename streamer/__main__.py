@@ -9,12 +9,13 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import structlog
 
+from streamer import backends
 from streamer import log as logsetup
-from streamer.config import DEFAULT_PATH, Config, load_config, stream_url, with_overrides
+from streamer.config import DEFAULT_PATH, Config, destinations, load_config, with_overrides
 from streamer.controls.panel import open_controls
 from streamer.device import Device
 from streamer.exc import ConfigError, StreamerError
@@ -50,19 +51,35 @@ def _ranged(kind: type[int] | type[float], low: float, high: float, unit: str = 
     return parse
 
 
+def _names_help(
+    choices: Sequence[backends.Backend[Any]], default: str, *, explain: bool = False
+) -> str:
+    """``one of: sim, sim:sync, ... (sim)``: the names ``streamer.backends`` lists.
+
+    ``explain`` adds what the default does; ``%`` is doubled for argparse.
+    """
+    text = f"one of: {backends.choices(choices)} ({default})"
+    chosen = backends.find(choices, default)
+    if explain and chosen is not None:
+        text += f"; {chosen.name}: {chosen.about}"
+    return text.replace("%", "%%")
+
+
+_DEFAULTS = Config()
+CAMERA_HELP = _names_help(backends.CAMERAS, _DEFAULTS.video.camera)
+MICROPHONE_HELP = _names_help(backends.MICROPHONES, _DEFAULTS.audio.microphone)
+ENCODER_HELP = _names_help(backends.ENCODERS, _DEFAULTS.video.encoder, explain=True)
+
+
 def _add_stream_options(p: argparse.ArgumentParser) -> None:
     """Flags that override the config file: None means "not given"."""
-    p.add_argument("--camera", help="sim | sim:sync | picamera2[:N] | v4l2[:/dev/videoN] (sim)")
-    p.add_argument("--microphone", help="sim | sim:sync | alsa[:DEVICE] | none (sim)")
+    p.add_argument("--camera", metavar="NAME", help=CAMERA_HELP)
+    p.add_argument("--microphone", metavar="NAME", help=MICROPHONE_HELP)
     p.add_argument("--size", type=_size, help="WIDTHxHEIGHT (1280x720)")
     p.add_argument("--fps", type=_ranged(float, 1, 120), help="frames/s (30)")
     p.add_argument("--video-bitrate", type=_ranged(int, 50, 50000, " kbps"), help="kbps (2500)")
     p.add_argument("--audio-bitrate", type=_ranged(int, 16, 512, " kbps"), help="kbps (128)")
-    p.add_argument(
-        "--encoder",
-        help="auto (the V4L2 hardware encoder where there is one, else libx264), "
-        "v4l2m2m or libx264",
-    )
+    p.add_argument("--encoder", metavar="NAME", help=ENCODER_HELP)
     p.add_argument(
         "--filter",
         dest="filters",
@@ -111,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"settings file (default {DEFAULT_PATH}; flags override it)",
     )
-    run.add_argument("--url", help="rtmp://host[:port]/app/streamkey (or stream.url in the file)")
+    run.add_argument(
+        "--url",
+        action="append",
+        help="rtmp[s]://host[:port]/app/streamkey; repeat it to publish the same stream to "
+        "several servers (replaces the file's [stream] and [[destination]] tables)",
+    )
     run.add_argument(
         "--duration", type=_ranged(float, 0.1, 1e9, " s"), help="stop after this many seconds"
     )
@@ -185,10 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--config", type=Path, help=f"the device's settings (default {DEFAULT_PATH})"
     )
-    doctor.add_argument("--url", help="also check that this RTMP server answers a handshake")
-    doctor.add_argument("--camera", help="overrides [video] camera")
-    doctor.add_argument("--microphone", help="overrides [audio] microphone")
-    doctor.add_argument("--encoder", help="overrides [video] encoder")
+    doctor.add_argument(
+        "--url",
+        action="append",
+        help="check that this RTMP server answers a handshake (repeatable; "
+        "replaces the file's destinations)",
+    )
+    doctor.add_argument("--camera", metavar="NAME", help=f"overrides [video] camera; {CAMERA_HELP}")
+    doctor.add_argument(
+        "--microphone", metavar="NAME", help=f"overrides [audio] microphone; {MICROPHONE_HELP}"
+    )
+    doctor.add_argument(
+        "--encoder", metavar="NAME", help=f"overrides [video] encoder; {ENCODER_HELP}"
+    )
     doctor.add_argument("--button", metavar="PIN", help="overrides [controls] button")
     doctor.add_argument("--led", metavar="PIN", help="overrides [controls] led")
     return parser
@@ -231,7 +262,7 @@ def config_from(args: argparse.Namespace, base: Config) -> Config:
 def settings_from(config: Config, args: argparse.Namespace) -> Settings:
     v, a, n, r = config.video, config.audio, config.network, config.record
     return Settings(
-        urls=(stream_url(config),),
+        urls=destinations(config),
         camera=v.camera,
         microphone=a.microphone,
         width=v.size[0],
@@ -356,11 +387,11 @@ def doctor(args: argparse.Namespace) -> int:
         problem = exc.message
         config = config_from(args, Config())
     try:
-        url: str | None = stream_url(config)
+        targets = destinations(config)
     except ConfigError:
-        url = None  # no server configured: the RTMP check is skipped
+        targets = ()  # no server configured: the RTMP check is skipped
     code = run_doctor(
-        url,
+        targets,
         camera=config.video.camera,
         microphone=config.audio.microphone,
         encoder=config.video.encoder,

@@ -7,7 +7,24 @@ secret: messages show a URL at most as ``scheme://host/app/***`` and never
 print what a key file holds.
 
 ``load_config`` reads the file, ``with_overrides`` lays command-line values
-over it (checked by the same rules), ``stream_url`` gives the publish URL.
+over it (checked by the same rules), ``destinations`` gives the publish
+targets.
+
+Destinations: ``[stream]`` is the first (as it always was), and each
+``[[destination]]`` table adds one, with the same keys::
+
+    [stream]
+    url = "rtmp://a.rtmp.youtube.com/live2"
+    key_file = "youtube.key"
+    name = "youtube"            # optional: logs, /status, /metrics; else the host
+
+    [[destination]]
+    url = "rtmps://live-api-s.facebook.com:443/rtmp"
+    key_file = "facebook.key"
+    name = "facebook"
+
+Errors name a table as ``destination[N]``, counting the ``[[destination]]``
+tables of the file from 1. ``--url`` (repeatable) replaces them all.
 """
 
 from __future__ import annotations
@@ -17,7 +34,7 @@ import re
 import stat
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -25,9 +42,11 @@ from typing import Any
 
 import structlog
 
+from streamer import backends
 from streamer import log as logsetup
 from streamer.exc import ConfigError
-from streamer.rtmp.url import parse_url
+from streamer.rtmp.url import RtmpUrl, parse_url
+from streamer.settings import NAME_PATTERN, NAME_RULE, Target, targets
 
 log = structlog.get_logger("streamer.config")
 
@@ -37,13 +56,17 @@ COMMAND_LINE = "command line"
 
 @dataclass(frozen=True, slots=True)
 class StreamSection:
+    """``[stream]`` or one ``[[destination]]`` table: where to publish."""
+
     url: str | None = None  # no default: the server is the user's choice
     key_file: Path | None = None  # absolute; then ``url`` has no key
+    name: str = ""  # "" = named by the URL's host
 
     def __repr__(self) -> str:
         """Configs get logged: the URL shows as ``scheme://host/app/***``."""
         url = None if self.url is None else _redacted(self.url, keyless=self.key_file is not None)
-        return f"StreamSection(url={url!r}, key_file={self.key_file!r})"
+        name = f", name={self.name!r}" if self.name else ""
+        return f"StreamSection(url={url!r}, key_file={self.key_file!r}{name})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +134,7 @@ class Config:
     """
 
     stream: StreamSection = field(default_factory=StreamSection)
+    destination: tuple[StreamSection, ...] = ()  # the [[destination]] tables, in order
     video: VideoSection = field(default_factory=VideoSection)
     audio: AudioSection = field(default_factory=AudioSection)
     network: NetworkSection = field(default_factory=NetworkSection)
@@ -213,35 +237,17 @@ def _size(value: Any) -> tuple[int, int]:
     return width, height
 
 
-CAMERAS = "sim, sim:sync, picamera2[:N], v4l2[:/dev/videoN]"
-MICROPHONES = "sim, sim:sync, alsa[:DEVICE], none"
+def _backend(backends_: Sequence[backends.Backend[Any]]) -> Check:
+    """A camera, microphone or encoder name from ``streamer.backends``, refused here
+    if it cannot exist, before the boot service tries to open it."""
 
+    def check(value: Any) -> str:
+        spec = backends.normalise(backends_, _string(value))
+        if spec is None:
+            raise _Invalid(f"= {_show(value)} is not one of: {backends.choices(backends_)}")
+        return spec
 
-def _camera(value: Any) -> str:
-    """Refuse a camera that cannot exist before the boot service opens it."""
-    name, colon, arg = _string(value).strip().partition(":")
-    name = name.strip().lower()
-    ok = (
-        (name == "sim" and (not colon or arg == "sync"))
-        or (name == "picamera2" and (not colon or arg.isdigit()))
-        or (name == "v4l2" and (not colon or (arg.startswith("/dev/") and not _spaced(arg))))
-    )
-    if not ok:
-        raise _Invalid(f"= {_show(value)} is not one of: {CAMERAS}")
-    return f"{name}:{arg}" if colon else name
-
-
-def _microphone(value: Any) -> str:
-    name, colon, arg = _string(value).strip().partition(":")
-    name = name.strip().lower()
-    ok = (
-        (name == "sim" and (not colon or arg == "sync"))
-        or (name == "alsa" and (not colon or (arg != "" and not _spaced(arg))))
-        or (name == "none" and not colon)
-    )
-    if not ok:
-        raise _Invalid(f"= {_show(value)} is not one of: {MICROPHONES}")
-    return f"{name}:{arg}" if colon else name
+    return check
 
 
 def _spaced(text: str) -> bool:
@@ -264,6 +270,14 @@ def _url(value: Any) -> str | None:
     if not isinstance(value, str):
         raise _Invalid(f"must be a string, got {_kind(value)}")
     return value.strip() or None
+
+
+def _name(value: Any) -> str:
+    """A destination's name ("" = its host): the rule ``Settings`` applies too."""
+    text = _string(value).strip()
+    if text and not NAME_PATTERN.fullmatch(text):
+        raise _Invalid(f"= {_show(value)} {NAME_RULE}")
+    return text
 
 
 def _path(value: Any) -> Path | None:
@@ -297,21 +311,26 @@ def _filters(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+DESTINATION_KEYS: Mapping[str, Check] = {"url": _url, "key_file": _path, "name": _name}
+
 # section -> (dataclass, key -> rule); keys are the dataclass's fields.
 SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
-    "stream": (StreamSection, {"url": _url, "key_file": _path}),
+    "stream": (StreamSection, DESTINATION_KEYS),
     "video": (
         VideoSection,
         {
-            "camera": _camera,
+            "camera": _backend(backends.CAMERAS),
             "size": _size,
             "fps": _number(1, 120),
             "bitrate_kbps": _integer(50, 50000),
-            "encoder": _choice("auto", "v4l2m2m", "libx264"),
+            "encoder": _backend(backends.ENCODERS),
             "filters": _filters,
         },
     ),
-    "audio": (AudioSection, {"microphone": _microphone, "bitrate_kbps": _integer(16, 512)}),
+    "audio": (
+        AudioSection,
+        {"microphone": _backend(backends.MICROPHONES), "bitrate_kbps": _integer(16, 512)},
+    ),
     "network": (
         NetworkSection,
         {
@@ -341,6 +360,12 @@ SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
             "format": _choice("auto", "console", "plain", "json"),
         },
     ),
+}
+
+
+# Sections written as arrays of tables (``[[destination]]``): any number of them.
+ARRAYS: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
+    "destination": (StreamSection, DESTINATION_KEYS),
 }
 
 
@@ -394,31 +419,58 @@ def _build(data: Mapping[str, Any], where: str, path: Path) -> Config:
     sections: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name, table in data.items():
+        if name in ARRAYS:
+            cls, checks = ARRAYS[name]
+            if not isinstance(table, list) or not all(isinstance(t, dict) for t in table):
+                shape = f"a single [{name}] table" if isinstance(table, dict) else "a single value"
+                raise ConfigError(
+                    f"{where}: {name} must be written [[{name}]], one table per destination, "
+                    f"not {shape}"
+                )
+            sections[name] = tuple(
+                cls(**_table(item, f"{name}[{n}]", checks, where, path, sources))
+                for n, item in enumerate(table, 1)
+            )
+            continue
         if name not in SCHEMA:
             raise ConfigError(f"{where}: {_misplaced(name, table)}")
         if not isinstance(table, dict):
-            raise ConfigError(f"{where}: {name} must be a section [{name}], not a single value")
+            more = " (more destinations go in [[destination]] tables)" if name == "stream" else ""
+            what = "an array" if isinstance(table, list) else "a single value"
+            raise ConfigError(f"{where}: {name} must be a section [{name}], not {what}{more}")
         cls, checks = SCHEMA[name]
-        values: dict[str, Any] = {}
-        for key, value in table.items():
-            check = checks.get(key)
-            if check is None:
-                known = ", ".join(sorted(checks))
-                raise ConfigError(f"{where}: unknown key {name}.{key} (known: {known})")
-            try:
-                values[key] = check(value)
-            except _Invalid as exc:
-                raise ConfigError(f"{where}: {name}.{key} {exc}") from None
-            sources[f"{name}.{key}"] = where
-        for key in ("key_file", "dir"):
-            named = values.get(key)
-            if isinstance(named, Path) and not named.is_absolute():
-                values[key] = path.parent.absolute() / named  # not the service's cwd
-        sections[name] = cls(**values)
+        sections[name] = cls(**_table(table, name, checks, where, path, sources))
     config = Config(**sections, path=path, sources=MappingProxyType(sources))
     _check_network(config, where)
-    _check_stream(config, warn=True)
+    _resolve(config, complete=False, warn=True)
     return config
+
+
+def _table(
+    table: Mapping[str, Any],
+    label: str,
+    checks: Mapping[str, Check],
+    where: str,
+    path: Path,
+    sources: dict[str, str],
+) -> dict[str, Any]:
+    """One table's values, each checked by its rule; relative paths taken next to the file."""
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        check = checks.get(key)
+        if check is None:
+            known = ", ".join(sorted(checks))
+            raise ConfigError(f"{where}: unknown key {label}.{key} (known: {known})")
+        try:
+            values[key] = check(value)
+        except _Invalid as exc:
+            raise ConfigError(f"{where}: {label}.{key} {exc}") from None
+        sources[f"{label}.{key}"] = where
+    for key in ("key_file", "dir"):
+        named = values.get(key)
+        if isinstance(named, Path) and not named.is_absolute():
+            values[key] = path.parent.absolute() / named  # not the service's cwd
+    return values
 
 
 def _check_network(config: Config, where: str) -> None:
@@ -433,7 +485,7 @@ def _check_network(config: Config, where: str) -> None:
 
 
 def _misplaced(name: str, value: Any) -> str:
-    known = ", ".join(sorted(SCHEMA))
+    known = ", ".join(sorted([*SCHEMA, *ARRAYS]))
     if isinstance(value, dict):
         return f"unknown section [{name}] (known: {known})"
     homes = [section for section, (_, checks) in SCHEMA.items() if name in checks]
@@ -451,12 +503,15 @@ def with_overrides(
     """Lay values from ``source`` over ``config``, checked by the file's rules.
 
     Keys are ``"section.key"``; a value of None means "not given" and leaves
-    the file's value. An unknown key is a programming error (ValueError). A
-    ``stream.url`` given here is a complete publish URL, so the file's
-    ``stream.key_file`` no longer applies unless ``stream.key_file`` is given
-    here too.
+    the file's value. An unknown key is a programming error (ValueError).
+    ``stream.url`` given here is one complete publish URL or a list of them
+    (``--url`` repeated): they replace every destination of the file, so the
+    file's ``stream.key_file``, ``stream.name`` and ``[[destination]]``
+    tables no longer apply (unless ``stream.key_file`` or ``stream.name`` is
+    given here too).
     """
     changes: dict[str, dict[str, Any]] = {}
+    more: tuple[StreamSection, ...] | None = None  # [[destination]] replaced by URLs given here
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         check = SCHEMA[section][1].get(key) if section in SCHEMA else None
@@ -465,7 +520,14 @@ def with_overrides(
         if value is None:
             continue
         try:
-            checked = check(value)
+            if dotted == "stream.url" and isinstance(value, list | tuple):
+                if not value:
+                    raise _Invalid("needs at least one rtmp://host[:port]/app/KEY")
+                urls = [check(v) for v in value]
+                checked, more = urls[0], tuple(StreamSection(url=u) for u in urls[1:])
+            else:
+                checked = check(value)
+                more = () if dotted == "stream.url" else more
         except _Invalid as exc:
             raise ConfigError(f"{source}: {dotted} {exc}") from None
         if dotted in ("stream.key_file", "record.dir") and checked is not None:
@@ -474,66 +536,115 @@ def with_overrides(
     if not changes:
         return config
     stream = changes.get("stream", {})
-    if "url" in stream and "key_file" not in stream:
-        stream["key_file"] = None
+    if "url" in stream:
+        stream.setdefault("key_file", None)
+        stream.setdefault("name", "")
     sources = dict(config.sources)
     new_sections: dict[str, Any] = {}
     for section, values in changes.items():
         new_sections[section] = replace(getattr(config, section), **values)
         sources.update({f"{section}.{key}": source for key in values})
+    if more is not None:
+        new_sections["destination"] = more
+        sources = {k: v for k, v in sources.items() if not k.startswith("destination[")}
+        sources.update({f"destination[{n}].url": source for n in range(1, len(more) + 1)})
     result = replace(config, **new_sections, sources=MappingProxyType(sources))
     if changes.get("network", {}).keys() & {"reconnect_delay_s", "reconnect_max_delay_s"}:
         _check_network(result, source)
     if stream:
-        _check_stream(result, warn=True)
+        _resolve(result, complete=False, warn=True)
     return result
 
 
-# -- the stream URL -------------------------------------------------------------
+# -- the destinations ---------------------------------------------------------
+
+
+def destinations(config: Config) -> tuple[Target, ...]:
+    """Every destination, named: ``[stream]`` first, then each ``[[destination]]``.
+
+    Key files are read again here, so a key rotated since loading is used.
+    An unnamed destination is named by its host (``settings.targets``).
+    """
+    found = _resolve(config, complete=True, warn=False)
+    return targets(Target(url, s.name) if s.name else url for _, s, _, url in found)
 
 
 def stream_url(config: Config) -> str:
-    """The full publish URL: ``stream.url``, plus the key read from ``stream.key_file``.
+    """The first destination's full publish URL (its url plus the key from its key_file)."""
+    return _resolve(config, complete=True, warn=False)[0][2]
 
-    The key file is read again here, so a key rotated since loading is used.
+
+Resolved = tuple[str, StreamSection, str, RtmpUrl]  # label, section, publish URL, parsed
+
+
+def _resolve(config: Config, *, complete: bool, warn: bool) -> list[Resolved]:
+    """Check every destination: key files, URLs, names; each error names its own field.
+
+    ``complete``: the URLs are needed now, so none at all (or a ``[stream]``
+    key_file without its url) is an error; while loading, a flag may still
+    bring them.
     """
     s = config.stream
-    if s.url is None:
-        where = _where(config, "stream.key_file" if s.key_file else "stream.url")
-        if s.key_file is not None:
+    entries = [(f"destination[{n}]", d) for n, d in enumerate(config.destination, 1)]
+    if s.url is not None:
+        entries.insert(0, ("stream", s))
+    elif complete and (s.key_file is not None or s.name or not entries):
+        where = _where(config, "stream")  # where any stream.* was set, else the file
+        if s.key_file is not None or s.name:
+            given = "stream.key_file" if s.key_file is not None else "stream.name"
             raise ConfigError(
-                f"{where}: stream.key_file is set but stream.url is not; "
+                f"{where}: {given} is set but stream.url is not; "
                 "give stream.url = rtmp://host[:port]/app (without the key)"
             )
         raise ConfigError(
             f"{where}: stream.url is not set; give rtmp://host[:port]/app/KEY, "
-            "or rtmp://host[:port]/app together with stream.key_file"
+            "or rtmp://host[:port]/app together with stream.key_file "
+            "(more destinations: [[destination]] tables)"
         )
-    key = _read_key(s.key_file, _where(config, "stream.key_file")) if s.key_file else None
-    return _publish_url(s.url, key, _where(config, "stream.url"))
+    found: list[Resolved] = []
+    for label, section in entries:
+        if section.url is None:
+            raise ConfigError(
+                f"{_where(config, label)}: {label}.url is not set; give "
+                f"rtmp://host[:port]/app/KEY, or rtmp://host[:port]/app together with "
+                f"{label}.key_file"
+            )
+        key = None
+        if section.key_file is not None:
+            where = _where(config, f"{label}.key_file")
+            key = _read_key(section.key_file, where, f"{label}.key_file", warn=warn)
+        full, parsed = _publish_url(section.url, key, _where(config, f"{label}.url"), label)
+        for other, other_section, _, other_url in found:
+            if section.name and section.name == other_section.name:
+                raise ConfigError(
+                    f"{_where(config, f'{label}.name')}: {label}.name = {_show(section.name)} "
+                    f"is also {other}.name; each destination needs a name of its own"
+                )
+            if parsed == other_url:
+                raise ConfigError(
+                    f"{_where(config, f'{label}.url')}: {label} publishes to "
+                    f"{parsed.redacted}, as {other} does; each destination needs its own "
+                    "server or stream key"
+                )
+        found.append((label, section, full, parsed))
+    return found
 
 
 def _where(config: Config, name: str) -> str:
+    """Where ``name`` (``section.key``, or a table's label) was set."""
     if name in config.sources:
         return config.sources[name]
+    given = [where for key, where in config.sources.items() if key.startswith(f"{name}.")]
+    if given:
+        return given[0]
     if config.path is not None:
         return f"config {config.path}"
     return f"config {DEFAULT_PATH} (absent)"
 
 
-def _check_stream(config: Config, *, warn: bool) -> None:
-    """Check the key file and the URL as soon as both are known, not at first connect."""
-    s = config.stream
-    key = None
-    if s.key_file is not None:
-        key = _read_key(s.key_file, _where(config, "stream.key_file"), warn=warn)
-    if s.url is not None:
-        _publish_url(s.url, key, _where(config, "stream.url"))
-
-
-def _read_key(path: Path, where: str, *, warn: bool = False) -> str:
+def _read_key(path: Path, where: str, field: str, *, warn: bool = False) -> str:
     """The stripped key; registered as a secret at once so no log line can show it."""
-    shown = f"stream.key_file {path}"
+    shown = f"{field} {path}"
     try:
         raw = path.read_bytes()
         mode = path.stat().st_mode
@@ -568,20 +679,20 @@ def _read_key(path: Path, where: str, *, warn: bool = False) -> str:
     return key
 
 
-def _publish_url(url: str, key: str | None, where: str) -> str:
+def _publish_url(url: str, key: str | None, where: str, label: str) -> tuple[str, RtmpUrl]:
     """``url`` (with ``key`` appended) checked by ``parse_url``; errors never show the key."""
     full = url.strip() if key is None else _join(url, key)
     try:
         parsed = parse_url(full)
     except ConfigError as exc:
-        raise ConfigError(_url_error(where, url, key, exc.message)) from None
+        raise ConfigError(_url_error(where, f"{label}.url", url, key, exc.message)) from None
     if key is not None and parsed.key != key:
         raise ConfigError(
-            f"{where}: stream.url {_redacted(url, keyless=True)} cannot take the key from "
-            "stream.key_file; with a key file it must be rtmp://host[:port]/app "
+            f"{where}: {label}.url {_redacted(url, keyless=True)} cannot take the key from "
+            f"{label}.key_file; with a key file it must be rtmp://host[:port]/app "
             "(no key, no query string)"
         )
-    return full
+    return full, parsed
 
 
 def _join(url: str, key: str) -> str:
@@ -590,13 +701,13 @@ def _join(url: str, key: str) -> str:
     return f"{url.strip().rstrip('/')}/{urllib.parse.quote(name, safe='')}{question}{query}"
 
 
-def _url_error(where: str, url: str, key: str | None, reason: str) -> str:
+def _url_error(where: str, field: str, url: str, key: str | None, reason: str) -> str:
     shown = _redacted(url, keyless=key is not None)
     rest = reason.removeprefix("stream URL ")
     if rest != reason and "://" not in rest.split(" ", 1)[0]:
-        text = f"{where}: stream.url {shown} {rest}"  # "... must start with rtmp://"
+        text = f"{where}: {field} {shown} {rest}"  # "... must start with rtmp://"
     else:
-        text = f"{where}: stream.url {shown}: {reason}"
+        text = f"{where}: {field} {shown}: {reason}"
     return logsetup.redact(text)  # a last guard: the key file's key is a registered secret
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import glob
 import grp
 import importlib
@@ -31,25 +32,22 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
-from streamer.encode.select import (
-    CHOICES as ENCODER_CHOICES,
-)
+from streamer import backends
+from streamer.backends import split_spec
 from streamer.encode.select import (
     libx264_unavailable_reason,
     v4l2m2m_unavailable_reason,
     video_device_names,
 )
 from streamer.exc import StreamerError
-from streamer.hardware.base import split_spec
 from streamer.rtmp.handshake import client_handshake
 from streamer.rtmp.url import REDACTED, RtmpUrl, parse_url
+from streamer.settings import Target
 
 Status = Literal["ok", "FAIL", "info"]
 HANDSHAKE_TIMEOUT = 5.0
 APT_PICAMERA2 = "sudo apt install python3-picamera2 (a venv needs --system-site-packages)"
 PIP_ALSA = "sudo apt install libasound2-dev && pip install pyalsaaudio"
-CAMERAS = "sim, picamera2, v4l2[:/dev/videoN]"
-MICROPHONES = "sim, alsa[:DEVICE], none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +90,15 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def _not_one_of(what: str, spec: str, choices: Sequence[backends.Backend[Any]]) -> Finding:
+    """The line for a name ``streamer.backends`` does not list, as the config file says it."""
+    return Finding(
+        "FAIL",
+        f"{what} {spec!r} is not one of: {backends.choices(choices)}",
+        f"--{what} {choices[0].name} (or another of these)",
+    )
+
+
 # --- cameras ---------------------------------------------------------------------
 
 
@@ -99,18 +106,13 @@ def check_camera(camera: str) -> list[Finding]:
     """The configured camera, then what libcamera and /dev/video* offer."""
     name, arg = split_spec(camera)
     found: list[Finding] = []
-    if name == "sim":
+    if backends.normalise(backends.CAMERAS, camera) is None:
+        found.append(_not_one_of("camera", camera, backends.CAMERAS))
+        name = ""
+    elif name == "sim":
         found.append(Finding("ok", "camera sim: simulated test pattern, needs no hardware"))
     elif name == "v4l2":
         found += _check_v4l2_camera(arg or "/dev/video0")
-    elif name != "picamera2":
-        found.append(
-            Finding(
-                "FAIL",
-                f"unknown camera {name!r}; available: {CAMERAS}",
-                "--camera sim (or picamera2, v4l2:/dev/videoN)",
-            )
-        )
     found += check_libcamera(needed=name == "picamera2", index=arg if name == "picamera2" else None)
     found += check_video_devices()
     return found
@@ -230,18 +232,13 @@ def check_video_devices() -> list[Finding]:
 def check_microphone(microphone: str) -> list[Finding]:
     name, arg = split_spec(microphone)
     found: list[Finding] = []
-    if name == "sim":
+    if backends.normalise(backends.MICROPHONES, microphone) is None:
+        found.append(_not_one_of("microphone", microphone, backends.MICROPHONES))
+        name = ""
+    elif name == "sim":
         found.append(Finding("ok", "microphone sim: simulated tone, needs no hardware"))
     elif name == "none":
         found.append(Finding("ok", "microphone none: video only"))
-    elif name != "alsa":
-        found.append(
-            Finding(
-                "FAIL",
-                f"unknown microphone {name!r}; available: {MICROPHONES}",
-                "--microphone sim (or alsa:DEVICE, none)",
-            )
-        )
     found += check_alsa(
         needed=name == "alsa", device=(arg or "default") if name == "alsa" else None
     )
@@ -403,15 +400,9 @@ def _reference_board() -> Any:
 
 def check_encoders(encoder: str, audio: bool) -> list[Finding]:
     """Which H.264 encoders open here, which one the configuration gets; AAC if audio."""
-    choice = encoder.strip().lower()
-    if choice not in ENCODER_CHOICES:
-        return [
-            Finding(
-                "FAIL",
-                f"unknown encoder {encoder!r}; available: {', '.join(ENCODER_CHOICES)}",
-                "--encoder auto",
-            )
-        ]
+    choice = backends.normalise(backends.ENCODERS, encoder)
+    if choice is None:
+        return [_not_one_of("encoder", encoder, backends.ENCODERS)]
     x264 = libx264_unavailable_reason()
     v4l2 = v4l2m2m_unavailable_reason()
     found = []
@@ -515,24 +506,32 @@ def check_groups(
 
 
 def _needed_groups(camera: str, microphone: str, encoder: str, controls: bool = False) -> set[str]:
+    """The groups the configured backends need (``streamer.backends``), gpio for controls."""
     needed = {"gpio"} if controls else set()
-    if split_spec(camera)[0] in ("picamera2", "v4l2") or encoder.strip().lower() == "v4l2m2m":
-        needed.add("video")
-    if split_spec(microphone)[0] == "alsa":
-        needed.add("audio")
+    found = (
+        backends.find(backends.CAMERAS, camera),
+        backends.find(backends.MICROPHONES, microphone),
+        backends.find(backends.ENCODERS, encoder),
+    )
+    needed.update(b.group for b in found if b is not None and b.group is not None)
     return needed
 
 
 # --- RTMP ------------------------------------------------------------------------
 
 
-def check_rtmp(url_text: str, timeout: float = HANDSHAKE_TIMEOUT) -> list[Finding]:
-    """Does the server answer an RTMP handshake (TCP, TLS for rtmps://) within ``timeout``?"""
+def check_rtmp(
+    url_text: str | RtmpUrl, timeout: float = HANDSHAKE_TIMEOUT, name: str = ""
+) -> list[Finding]:
+    """Does the server answer an RTMP handshake (TCP, TLS for rtmps://) within ``timeout``?
+
+    ``name``: the destination's, to start each line with when there are several.
+    """
     try:
-        url = parse_url(url_text)
+        url = parse_url(url_text) if isinstance(url_text, str) else url_text
     except StreamerError as exc:
         return [Finding("FAIL", exc.message, "--url rtmp://host[:port]/app/KEY")]
-    where = url.redacted
+    where = f"{name}: {url.redacted}" if name else url.redacted
     start = time.monotonic()
     try:
         asyncio.run(_handshake(url, timeout))
@@ -621,7 +620,7 @@ def _safe(title: str, check: Callable[[], list[Finding]]) -> list[Finding]:
 
 
 def run_doctor(
-    url: str | None,
+    urls: Sequence[str | Target] = (),
     *,
     camera: str = "sim",
     microphone: str = "sim",
@@ -630,11 +629,14 @@ def run_doctor(
     led: str = "",
     out: TextIO = sys.stdout,
 ) -> int:
-    """Print the findings; 0 when the configured pipeline can run, 1 when something stops it."""
-    secret = ""
-    if url:
+    """Print the findings; 0 when the configured pipeline can run, 1 when something stops it.
+
+    ``urls``: every destination; each server is asked for an RTMP handshake.
+    """
+    secrets = []
+    for url in urls:
         with contextlib.suppress(Exception):
-            secret = parse_url(url).key
+            secrets.append(url.url.key if isinstance(url, Target) else parse_url(url).key)
     audio = split_spec(microphone)[0] != "none"
     controls = bool(button or led)
     sections: list[tuple[str, Callable[[], list[Finding]]]] = [
@@ -644,9 +646,13 @@ def run_doctor(
         ("controls", lambda: check_controls(button, led)),
         ("groups", lambda: check_groups(_needed_groups(camera, microphone, encoder, controls))),
     ]
-    if url:
-        sections.append(("rtmp", lambda: check_rtmp(url)))
-    else:
+    for url in urls:
+        if isinstance(url, Target):
+            name = url.name if len(urls) > 1 else ""
+            sections.append(("rtmp", functools.partial(check_rtmp, url.url, name=name)))
+        else:
+            sections.append(("rtmp", functools.partial(check_rtmp, url)))
+    if not urls:
         sections.append(
             ("rtmp", lambda: [Finding("info", "no URL given: RTMP server not checked")])
         )
@@ -660,8 +666,9 @@ def run_doctor(
         for finding in _safe(title, check):
             failures += finding.status == "FAIL"
             line = finding.line()
-            if len(secret) >= 3:  # belt and braces: no line ever carries the key
-                line = line.replace(secret, REDACTED)
+            for secret in secrets:  # belt and braces: no line ever carries a key
+                if len(secret) >= 3:
+                    line = line.replace(secret, REDACTED)
             print(line, file=out, flush=True)
     if failures:
         print(f"FAIL  {failures} problem(s) in this configuration: see the fixes above", file=out)

@@ -156,7 +156,9 @@ class Pipeline:
     """Hardware, encoders and capture threads: up from preparing until idle or error.
 
     What the encoders make goes to ``fanout``: the destinations' outboxes and
-    the recorder.
+    the recorder. ``Settings.camera`` and ``microphone`` are names built from
+    ``streamer.backends``, or the app's own source objects, used as they are
+    (opened in ``start``, closed in ``stop``).
     """
 
     def __init__(self, s: Settings, fanout: Fanout) -> None:
@@ -165,7 +167,7 @@ class Pipeline:
         self.camera: VideoSource | None = None
         self.encoded: EncodedVideoSource | None = None
         self.video: H264Encoder | CameraEncoder
-        name, arg = split_spec(s.camera)
+        name, arg = split_spec(s.camera) if isinstance(s.camera, str) else ("", None)
         self.filters: FilterChain | None = None
         if s.filters:
             # Filters need raw frames: on picamera2 they force the raw-frame path.
@@ -182,12 +184,21 @@ class Pipeline:
             self.encoded = source
             self.video = CameraEncoder(source, self.clock, fanout.push, s.video_bitrate_kbps)
         else:
-            self.camera = make_camera(s.camera, s.width, s.height, s.fps)
+            self.camera = (
+                make_camera(s.camera, s.width, s.height, s.fps)
+                if isinstance(s.camera, str)
+                else s.camera
+            )
             encoder = s.encoder if name != "picamera2" else "libx264"
             self.video = open_h264(encoder, s.width, s.height, s.fps, s.video_bitrate_kbps)
-        self.microphone: AudioSource | None = make_microphone(s.microphone)
-        self.audio = AacEncoder(bitrate_kbps=s.audio_bitrate_kbps) if self.microphone else None
-        self._camera_name = s.camera
+        mic = make_microphone(s.microphone) if isinstance(s.microphone, str) else s.microphone
+        self.microphone: AudioSource | None = mic
+        self.audio = (
+            AacEncoder(mic.sample_rate, mic.channels, s.audio_bitrate_kbps)
+            if mic is not None
+            else None
+        )
+        self._camera_name = s.camera if isinstance(s.camera, str) else type(s.camera).__name__
         self.threads: list[CaptureThread] = []
         self.recorder: Recorder | None = None
 
@@ -218,7 +229,7 @@ class Pipeline:
             raise
         except Exception as exc:  # any backend failure names the camera
             raise DeviceError(f"camera {self._camera_name!r} could not be opened: {exc}") from exc
-        if self.microphone:
+        if self.microphone is not None:
             self.microphone.open()
         camera, clock, video, fanout = self.camera, self.clock, self.video, self.fanout
         self.threads = []
@@ -240,7 +251,7 @@ class Pipeline:
                 CaptureThread("video", video_step, lambda: encoder.encode(None), fanout.push)
             )
         mic, audio = self.microphone, self.audio
-        if mic and audio:
+        if mic is not None and audio is not None:
 
             def audio_step() -> list[Packet]:
                 samples, captured = mic.read()
@@ -274,7 +285,7 @@ class Pipeline:
         if self.recorder is not None:
             self.fanout.tap = None
             await asyncio.to_thread(self.recorder.stop)
-        if self.microphone:
+        if self.microphone is not None:
             self.microphone.close()
 
     def _join(self) -> None:

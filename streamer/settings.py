@@ -7,12 +7,22 @@ made, so a bad URL never reaches the network.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
+from streamer import backends
 from streamer.exc import ConfigError
 from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS
 from streamer.rtmp.url import RtmpUrl, parse_url
+
+if TYPE_CHECKING:
+    from streamer.hardware.base import AudioSource, VideoSource
+
+# A destination's name shows in logs, /status and as a Prometheus label value.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
+NAME_RULE = 'must be 1 to 40 letters, digits, ".", "_" or "-", starting with a letter or digit'
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,20 +37,31 @@ class Target:
 
 
 def targets(urls: Iterable[str | RtmpUrl | Target]) -> tuple[Target, ...]:
-    """Destinations from URLs (strings are parsed here); unnamed ones are named by host."""
+    """Destinations from URLs (strings are parsed here), in order.
+
+    A ``Target`` keeps its name (``NAME_RULE``; two of the same name are an
+    error); an unnamed URL is named by its host, then ``host-2``,
+    ``host-3``... when that name is taken.
+    """
+    items = [parse_url(u) if isinstance(u, str) else u for u in urls]
+    named = [t.name for t in items if isinstance(t, Target)]
+    for name in named:
+        if not NAME_PATTERN.fullmatch(name):
+            raise ConfigError(f"destination name {name!r} {NAME_RULE}")
+        if named.count(name) > 1:
+            raise ConfigError(f"two destinations are named {name!r}; give each its own name")
+    taken = set(named)
     out: list[Target] = []
-    for item in urls:
+    for item in items:
         if isinstance(item, Target):
             out.append(item)
             continue
-        url = parse_url(item) if isinstance(item, str) else item
-        out.append(Target(url, url.host))
-    names = [t.name for t in out]
-    for i, t in enumerate(out):  # two destinations on one host: host, host-2, ...
-        if names.count(t.name) > 1:
-            out[i] = Target(t.url, f"{t.name}-{names[: i + 1].count(t.name)}")
-    if len({t.name for t in out}) != len(out):
-        raise ConfigError("two destinations have the same name; give each its own")
+        name, n = item.host, 1
+        while name in taken:
+            n += 1
+            name = f"{item.host}-{n}"
+        taken.add(name)
+        out.append(Target(item, name))
     return tuple(out)
 
 
@@ -51,11 +72,18 @@ class Settings:
     ``urls``: one or more destinations (``rtmp://host[:port]/app/key`` strings,
     parsed ``RtmpUrl`` or named ``Target``); every destination gets the same
     encoded stream.
+
+    ``camera`` and ``microphone``: a name from ``streamer.backends``
+    (``"sim"``, ``"picamera2:1"``, ``"alsa:default"``, ``"none"``...), or the
+    app's own object that follows ``VideoSource`` / ``AudioSource``
+    (``streamer/hardware/base.py``), which the pipeline opens, reads and
+    closes as it would one of its own. ``encoder``: a name from
+    ``streamer.backends.ENCODERS``. Names are checked (and lower-cased) here.
     """
 
-    urls: tuple[str | RtmpUrl | Target, ...] | list[str | RtmpUrl | Target] = ()
-    camera: str = "sim"
-    microphone: str = "sim"
+    urls: Sequence[str | RtmpUrl | Target] = ()
+    camera: str | VideoSource = "sim"
+    microphone: str | AudioSource = "sim"
     width: int = 1280
     height: int = 720
     fps: float = 30.0
@@ -81,6 +109,11 @@ class Settings:
     destinations: tuple[Target, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "camera", _source("camera", self.camera, backends.CAMERAS))
+        object.__setattr__(
+            self, "microphone", _source("microphone", self.microphone, backends.MICROPHONES)
+        )
+        object.__setattr__(self, "encoder", _name("encoder", self.encoder, backends.ENCODERS))
         found = targets(self.urls)
         if not found:
             raise ConfigError("no stream URL: give at least one rtmp://host/app/key")
@@ -91,3 +124,28 @@ class Settings:
     def url(self) -> RtmpUrl:
         """The first destination's URL."""
         return self.destinations[0].url
+
+
+SOURCE_METHODS = ("open", "read", "close")
+
+
+def _name(what: str, spec: str, choices: Sequence[backends.Backend[Any]]) -> str:
+    normal = backends.normalise(choices, spec)
+    if normal is None:
+        raise ConfigError(f"{what} {spec!r} is not one of: {backends.choices(choices)}")
+    return normal
+
+
+def _source(what: str, value: Any, choices: Sequence[backends.Backend[Any]]) -> Any:
+    """A registered name (normalised), or an object with the source protocol's methods."""
+    if isinstance(value, str):
+        return _name(what, value, choices)
+    missing = [m for m in SOURCE_METHODS if not callable(getattr(value, m, None))]
+    if missing:
+        protocol = "VideoSource" if what == "camera" else "AudioSource"
+        raise TypeError(
+            f"{what} must be one of {backends.choices(choices)}, or an object with open(), "
+            f"read() and close() ({protocol} in streamer/hardware/base.py); "
+            f"a {type(value).__name__} has no {', '.join(m + '()' for m in missing)}"
+        )
+    return value

@@ -62,6 +62,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from streamer.exc import ConfigError
+from streamer.log import redact
 from streamer.state import STATES
 
 log = structlog.get_logger("streamer.status")
@@ -163,6 +164,106 @@ class SnapshotCollector(Collector):
             if value is not None:
                 yield GaugeMetricFamily(name, text, value=value)
 
+        raw = snap.get("destinations")
+        if isinstance(raw, list | tuple):
+            yield from destination_metrics([d for d in raw if isinstance(d, Mapping)])
+
+
+# Per destination, labelled ``destination`` (its name): (metric, help, snapshot key).
+DESTINATION_COUNTERS: Final = (
+    ("streamer_destination_frames_sent", "Video frames sent to this destination", "frames_sent"),
+    (
+        "streamer_destination_reconnects",
+        "This destination's reconnections after a lost connection",
+        "reconnects",
+    ),
+    (
+        "streamer_destination_discarded_offline",
+        "Packets captured while this destination had no session to send them to",
+        "discarded_offline",
+    ),
+    (
+        "streamer_destination_keyframes_requested",
+        "Keyframes this destination's send queue asked the encoder for",
+        "keyframes_requested",
+    ),
+)
+DESTINATION_GAUGES: Final = (
+    (
+        "streamer_destination_queue_ms",
+        "Media time waiting in this destination's queue, ms",
+        "queue_ms",
+    ),
+    (
+        "streamer_destination_sent_kbps",
+        "kbit/s sent to this destination, last stats interval",
+        "sent_kbps",
+    ),
+    (
+        "streamer_destination_fps",
+        "Video frames/s sent to this destination, last stats interval",
+        "fps",
+    ),
+    (
+        "streamer_destination_target_kbps",
+        "Video bitrate this destination's link allows, kbit/s (the encoder takes the lowest)",
+        "target_kbps",
+    ),
+)
+
+
+def destination_metrics(destinations: list[Mapping[str, Any]]) -> Iterable[Metric]:
+    """Each destination's state, counters and gauges, labelled with its name."""
+    names = [str(d.get("name", "")) for d in destinations]
+    states = GaugeMetricFamily(
+        "streamer_destination_state",
+        "1 for each destination's current state, 0 for the others",
+        labels=["destination", "state"],
+    )
+    info = GaugeMetricFamily(
+        "streamer_destination_info",
+        "Each destination's server (the stream key shown as ***)",
+        labels=["destination", "url"],
+    )
+    dropped = CounterMetricFamily(
+        "streamer_destination_dropped",
+        "Packets dropped from this destination's queue because its link could not carry them",
+        labels=["destination", "kind"],
+    )
+    for name, d in zip(names, destinations, strict=True):
+        current = str(d.get("state", ""))
+        for state in [*STATES, *([current] if current and current not in STATES else [])]:
+            states.add_metric([name, state], 1.0 if state == current else 0.0)
+        info.add_metric([name, str(d.get("url") or "")], 1.0)
+        for kind in ("video", "audio"):
+            value = _number(d, f"dropped_{kind}")
+            if value is not None:
+                dropped.add_metric([name, kind], value)
+    yield states
+    yield info
+    if dropped.samples:
+        yield dropped
+    families: list[tuple[type[Any], tuple[tuple[str, str, str], ...]]] = [
+        (CounterMetricFamily, DESTINATION_COUNTERS),
+        (GaugeMetricFamily, DESTINATION_GAUGES),
+    ]
+    for family_type, specs in families:
+        for metric, text, key in specs:
+            family = family_type(metric, text, labels=["destination"])
+            for name, d in zip(names, destinations, strict=True):
+                value = _number(d, key)
+                if value is not None:
+                    family.add_metric([name], value)
+            if family.samples:
+                yield family
+
+
+def render_metrics(snapshot: Snapshot) -> bytes:
+    """/metrics for this snapshot, from a registry of its own (the Prometheus text format)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshot))
+    return generate_latest(registry)
+
 
 # -- the page ---------------------------------------------------------------------
 
@@ -183,10 +284,19 @@ FIELDS: Final[tuple[tuple[str, str, str], ...]] = (
     ("dropped_audio", "Dropped audio", "int"),
     ("discarded_offline", "Discarded offline", "int"),
     ("reconnects", "Reconnects", "int"),
-    ("url", "Server", "text"),
     ("controls", "Button, LED", "text"),
 )
 BANNER_KEYS: Final = frozenset({"reason", "since", "uptime_s"})
+
+# The destinations table, one row each: (key, heading, how to show it, key shown under it).
+DESTINATION_COLUMNS: Final[tuple[tuple[str, str, str, str], ...]] = (
+    ("name", "Destination", "text", "url"),
+    ("state", "State", "text", "reason"),
+    ("sent_kbps", "Sent", "kbps", ""),
+    ("queue_ms", "Queue", "ms", ""),
+    ("dropped", "Dropped", "int", ""),
+    ("reconnects", "Reconnects", "int", ""),
+)
 MISSING: Final = "–"
 
 STYLE: Final = """
@@ -211,12 +321,19 @@ th, td { text-align: left; padding: .4rem .8rem; border-bottom: 1px solid #e4e4e
 th { font-weight: 600; width: 40%; }
 td { font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
 .foot { font-size: .85rem; color: #666; }
+#destinations { margin-top: 1rem; }
+#destinations th { width: auto; font-size: .9rem; }
+#destinations .sub { font-size: .8rem; color: #666; }
+#destinations tr[data-state="live"] td:nth-child(2) { color: #2e7d32; }
+#destinations tr[data-state="reconnecting"] td:nth-child(2) { color: #e65100; }
+#destinations tr[data-state="error"] td:nth-child(2) { color: #b71c1c; }
 a { color: inherit; }
 """.strip()
 
 _SCRIPT_TEMPLATE: Final = """
 "use strict";
 const FIELDS = FIELDS_JSON;
+const COLUMNS = COLUMNS_JSON;
 const $ = (id) => document.getElementById(id);
 function fmt(kind, v) {
   if (v === null || v === undefined || v === "") return "MISSING_TEXT";
@@ -245,6 +362,25 @@ function show(s) {
     const el = $("f-" + key);
     if (el) el.textContent = fmt(kind, s[key]);
   }
+  const list = Array.isArray(s.destinations) ? s.destinations : [];
+  const rows = list.filter((d) => d !== null && typeof d === "object");
+  $("destinations").hidden = rows.length === 0;
+  $("d-rows").replaceChildren(...rows.map((d) => {
+    const tr = document.createElement("tr");
+    tr.dataset.state = String(d.state ?? "");
+    for (const [key, kind, sub] of COLUMNS) {
+      const td = document.createElement("td");
+      td.textContent = fmt(kind, d[key]);
+      if (sub) {
+        const under = document.createElement("div");
+        under.className = "sub";
+        under.textContent = fmt("text", d[sub]);
+        td.append(under);
+      }
+      tr.append(td);
+    }
+    return tr;
+  }));
 }
 let busy = false;
 async function refresh() {
@@ -286,6 +422,10 @@ def _script() -> str:
     text = _SCRIPT_TEMPLATE.strip()
     for name, value in (
         ("FIELDS_JSON", json.dumps({key: kind for key, _, kind in FIELDS})),
+        (
+            "COLUMNS_JSON",
+            json.dumps([[key, kind, sub] for key, _, kind, sub in DESTINATION_COLUMNS]),
+        ),
         ("MISSING_TEXT", MISSING),
         ("CONTROL_HEADER", CONTROL_HEADER),
         ("CONTROL_VALUE", CONTROL_VALUE),
@@ -344,6 +484,23 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
         return f'<span id="f-{key}">{esc(format_value(kind, snapshot.get(key)))}</span>'
 
     state = str(snapshot.get("state", "unknown"))
+    listed = snapshot.get("destinations")
+    destinations = [
+        d for d in (listed if isinstance(listed, list | tuple) else []) if isinstance(d, Mapping)
+    ]
+    headings = "".join(
+        f'<th scope="col">{esc(label)}</th>' for _, label, _, _ in DESTINATION_COLUMNS
+    )
+
+    def destination_row(d: Mapping[str, Any]) -> str:
+        cells = []
+        for key, _, kind, sub in DESTINATION_COLUMNS:
+            under = f'<div class="sub">{esc(format_value("text", d.get(sub)))}</div>' if sub else ""
+            cells.append(f"<td>{esc(format_value(kind, d.get(key)))}{under}</td>")
+        return f'<tr data-state="{esc(d.get("state", ""))}">{"".join(cells)}</tr>'
+
+    destination_rows = "\n".join(destination_row(d) for d in destinations)
+    hidden = "" if destinations else " hidden"
     rows = "\n".join(
         f'<tr><th scope="row">{esc(label)}</th>'
         f'<td id="f-{key}">{esc(format_value(kind, snapshot.get(key)))}</td></tr>'
@@ -375,6 +532,12 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
 {NOSCRIPT_REFRESH_S} s.</p></noscript>
 <table>
 {rows}
+</table>
+<table id="destinations"{hidden}>
+<thead><tr>{headings}</tr></thead>
+<tbody id="d-rows">
+{destination_rows}
+</tbody>
 </table>
 <p class="foot">Updated <span id="updated">{esc(formatdate(localtime=True))}</span> ·
 <a href="/status">JSON</a> · <a href="/metrics">metrics</a></p>
@@ -554,6 +717,19 @@ def is_loopback_host(host: str) -> bool:
     return name == "localhost" or _loopback_address(name)
 
 
+def _redact_strings(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value)
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    return {k: clean(v) for k, v in snapshot.items()}
+
+
 def _json_safe(value: Any) -> Any:
     """NaN and infinities become null: JSON has no spelling for them."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -605,7 +781,7 @@ class StatusServer:
         # Listening on loopback: every request must name loopback (DNS-rebinding guard).
         self._loopback_only = host == "localhost" or _loopback_address(host)
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(SnapshotCollector(snapshot))
+        self._registry.register(SnapshotCollector(self._read))
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.Task[Any]] = set()
 
@@ -749,12 +925,20 @@ class StatusServer:
             command = self.on_start if request.path == "/start" else self.on_stop
             return self._control(request, peername, command)
         if request.path == "/status":
-            body = json.dumps(_json_safe(dict(self.snapshot())), default=str, allow_nan=False)
+            body = json.dumps(_json_safe(dict(self._read())), default=str, allow_nan=False)
             return _Response(HTTPStatus.OK, body.encode(), "application/json")
         if request.path == "/metrics":
             return _Response(HTTPStatus.OK, generate_latest(self._registry), CONTENT_TYPE_LATEST)
-        page = render_page(self.snapshot())
+        page = render_page(self._read())
         return _Response(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
+
+    def _read(self) -> Mapping[str, Any]:
+        """The snapshot with every registered secret redacted from its text.
+
+        Snapshots show URLs redacted already; this is the last guard, for a
+        key that a reason (an error's own text) might still carry.
+        """
+        return _redact_strings(self.snapshot())
 
     def _control(
         self, request: _Request, peername: object, command: Callable[[], object]

@@ -43,6 +43,7 @@ import av
 import av.codec.context
 import structlog
 
+from streamer import backends
 from streamer.encode.camera import CameraEncoder
 from streamer.encode.flv import NAL_PPS, NAL_SPS, avc_decoder_config
 from streamer.encode.h264 import H264Encoder, set_stream_params
@@ -51,7 +52,7 @@ from streamer.media import Packet, VideoConfig
 
 log = structlog.get_logger("streamer.encode")
 
-CHOICES = ("auto", "v4l2m2m", "libx264")
+CHOICES = backends.names(backends.ENCODERS)  # auto, v4l2m2m, libx264
 V4L2_CODEC = "h264_v4l2m2m"
 PROBE_WIDTH, PROBE_HEIGHT = 64, 64  # bcm2835-codec takes 32x32 up to 1920x1920
 NAL_IDR, NAL_AUD = 5, 9
@@ -340,7 +341,9 @@ def open_h264(
     """
     name = choice.strip().lower()
     if name not in CHOICES:
-        raise ConfigError(f"unknown encoder {choice!r}; available: {', '.join(CHOICES)}")
+        raise ConfigError(
+            f"encoder {choice!r} is not one of: {backends.choices(backends.ENCODERS)}"
+        )
     if name == "libx264":
         return H264Encoder(width, height, fps, bitrate_kbps)
     if name == "v4l2m2m":

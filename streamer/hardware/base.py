@@ -1,8 +1,10 @@
-"""Interfaces every capture backend implements, and the registry that picks one by name.
+"""The source protocols every camera and microphone follows, and building one by name.
 
-Sources block in ``read()`` until the next frame or period is captured and
-return it with its capture instant in monotonic seconds; they are read from
-a dedicated thread, never from the event loop.
+The names users write (``sim``, ``picamera2:1``, ``alsa:default``...) are
+listed once, in ``streamer.backends``; ``make_camera`` and
+``make_microphone`` build from there. A device app may instead pass its own
+object that follows ``VideoSource`` or ``AudioSource`` as
+``Settings(camera=..., microphone=...)``; the pipeline uses it as is.
 """
 
 from __future__ import annotations
@@ -14,10 +16,42 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from streamer import backends
+from streamer.backends import camera_number, split_spec
 from streamer.exc import ConfigError
+
+__all__ = [
+    "AudioSource",
+    "EncodedSink",
+    "EncodedVideoSource",
+    "VideoSource",
+    "camera_number",
+    "make_camera",
+    "make_microphone",
+    "split_spec",
+]
 
 
 class VideoSource(Protocol):
+    """A camera: frames with the instant each was captured.
+
+    - ``open()``: claim the device and start capturing. Called when the
+      device starts streaming; called again after ``close()`` when a person
+      presses Stop and then Start, so it must be able to reopen.
+    - ``read() -> (frame, captured)``: block until the next frame and return
+      it as an ``av.VideoFrame`` (any pixel format and size PyAV can convert:
+      the encoder scales it to ``Settings.width`` x ``height``; with
+      ``Settings.filters`` it must already be that size) together with its
+      capture instant in ``time.monotonic()`` seconds. The instants are the
+      video's timestamps: stamp when the frame was captured, not when it was
+      read (a frame not later than the one before goes 1 ms after it).
+      Called from a capture thread of its own, never from the event loop; an
+      exception ends the run as a device error.
+    - ``close()``: release the device; ``read()`` is not called after it.
+
+    ``width``, ``height`` and ``fps`` describe what it delivers.
+    """
+
     width: int
     height: int
     fps: float
@@ -28,6 +62,21 @@ class VideoSource(Protocol):
 
 
 class AudioSource(Protocol):
+    """A microphone: periods of samples with the instant the first was captured.
+
+    - ``open()`` / ``close()``: as for ``VideoSource`` (reopened after a Stop).
+    - ``read() -> (samples, captured)``: block until the next period and
+      return it as int16 samples of shape ``(frames, channels)``, interleaved
+      by row, with the capture instant of its first sample in
+      ``time.monotonic()`` seconds. The AAC encoder stamps audio by sample
+      count from there, so deliver every sample, at ``sample_rate``; a source
+      that loses samples should fill the gap with silence (as the ALSA one
+      does) or move its stamps, which the encoder follows.
+
+    ``sample_rate`` (Hz; AAC takes 8000 to 96000) and ``channels`` (1 or 2)
+    set up the AAC encoder.
+    """
+
     sample_rate: int
     channels: int
 
@@ -59,51 +108,19 @@ class EncodedVideoSource(Protocol):
     def stop(self) -> None: ...
 
 
-CameraFactory = Callable[[str | None, int, int, float], VideoSource]
-MicrophoneFactory = Callable[[str | None], AudioSource]
-
-
-def split_spec(spec: str) -> tuple[str, str | None]:
-    """``"v4l2:/dev/video1"`` -> ``("v4l2", "/dev/video1")``; the name case-insensitive."""
-    name, _, arg = spec.partition(":")
-    return name.strip().lower(), (arg.strip() or None)
-
-
-def camera_number(arg: str | None) -> int:
-    """The N of ``picamera2:N``."""
-    try:
-        return int(arg or 0)
-    except ValueError:
-        raise ConfigError(f"camera number must be an integer: picamera2:{arg}") from None
-
-
 def make_camera(spec: str, width: int, height: int, fps: float) -> VideoSource:
-    """Build the camera backend named by ``spec`` (``sim``, later ``picamera2``, ``v4l2:DEV``)."""
-    from streamer.hardware import picam, sim, v4l2
-
-    cameras: dict[str, CameraFactory] = {
-        "sim": lambda arg, w, h, f: sim.SimCamera(w, h, f, sync=arg == "sync"),
-        "picamera2": lambda arg, w, h, f: picam.PicameraRaw(w, h, f, camera_number(arg)),
-        "v4l2": lambda arg, w, h, f: v4l2.V4l2Camera(w, h, f, device=arg),
-    }
-    name, arg = split_spec(spec)
-    if name not in cameras:
-        raise ConfigError(f"unknown camera {name!r}; available: {', '.join(sorted(cameras))}")
-    return cameras[name](arg, width, height, fps)
+    """Build the camera named by ``spec`` (``streamer.backends.CAMERAS``)."""
+    backend = backends.find(backends.CAMERAS, spec)
+    if backend is None:
+        raise ConfigError(f"camera {spec!r} is not one of: {backends.choices(backends.CAMERAS)}")
+    return backend.make(split_spec(spec)[1], width, height, fps)
 
 
 def make_microphone(spec: str) -> AudioSource | None:
-    """Build the microphone backend named by ``spec``; ``none`` means video only."""
-    from streamer.hardware import alsa, sim
-
-    microphones: dict[str, MicrophoneFactory] = {
-        "sim": lambda arg: sim.SimMicrophone(sync=arg == "sync"),
-        "alsa": lambda arg: alsa.AlsaMicrophone(device=arg or "default"),
-    }
-    name, arg = split_spec(spec)
-    if name == "none":
-        return None
-    if name not in microphones:
-        choices = ", ".join([*sorted(microphones), "none"])
-        raise ConfigError(f"unknown microphone {name!r}; available: {choices}")
-    return microphones[name](arg)
+    """Build the microphone named by ``spec``; ``none`` means video only (None)."""
+    backend = backends.find(backends.MICROPHONES, spec)
+    if backend is None:
+        raise ConfigError(
+            f"microphone {spec!r} is not one of: {backends.choices(backends.MICROPHONES)}"
+        )
+    return backend.make(split_spec(spec)[1])

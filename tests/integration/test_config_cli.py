@@ -41,6 +41,38 @@ def test_the_file_is_used_and_flags_override_it(
     assert 0.9 * 4 * 25 <= len(report.video_pts_ms) <= 4 * 25 + 5  # --fps 25 beat fps = 15
 
 
+@pytest.mark.slow
+def test_every_destination_of_the_file_gets_the_stream(
+    rtmp_server: LocalRtmpServer, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "main.key"
+    key_file.write_text("mainKey123\n")
+    key_file.chmod(0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[stream]\nurl = "rtmp://127.0.0.1:{rtmp_server.port}/live"\n'
+        'key_file = "main.key"\nname = "main"\n'
+        f'[[destination]]\nurl = "rtmp://127.0.0.1:{rtmp_server.port}/live/backupKey456"\n'
+        'name = "backup"\n'
+        '[video]\nsize = "320x180"\nfps = 15\n[audio]\nmicrophone = "none"\n'
+    )
+    result = run_cli(
+        "run", "--config", str(config), "--duration", "4", "--log-format", "json", timeout=40
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mainKey123" not in result.output and "backupKey456" not in result.output
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    live = {e.get("name") for e in events if e["event"] == "destination" and e["state"] == "live"}
+    assert live == {"main", "backup"}
+    rtmp_server.stop()
+    by_key = {r.name.split("-")[0].split(".")[0]: r for r in rtmp_server.recordings()}
+    assert set(by_key) == {"mainKey123", "backupKey456"}, rtmp_server.recordings()
+    for recording in by_key.values():  # one encode, both servers got all of it
+        report = analyze_file(recording)
+        assert (report.width, report.height) == (320, 180)
+        assert 0.9 * 4 * 15 <= len(report.video_pts_ms) <= 4 * 15 + 5
+
+
 @pytest.mark.parametrize(
     ("text", "phrases"),
     [
@@ -49,6 +81,11 @@ def test_the_file_is_used_and_flags_override_it(
         ("[video]\nframerate = 30\n", ["unknown key video.framerate"]),
         ('[stream]\nurl = "http://h/live/SECRETKEY"\n', ["stream.url", "rtmp://"]),
         ('[stream]\nurl = "rtmp://h/live"\nkey_file = "/nonexistent/key"\n', ["stream.key_file"]),
+        (
+            '[stream]\nurl = "rtmp://h/live/k"\n[[destination]]\nurl = "rtmp://b/live"\n'
+            'key_file = "/nonexistent/key"\n',
+            ["destination[1].key_file", "/nonexistent/key", "does not exist"],
+        ),
         ("[video\n", ["TOML"]),
     ],
 )

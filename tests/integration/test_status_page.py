@@ -122,6 +122,40 @@ def test_the_rendered_dom_shows_the_fetched_state(tmp_path: Path) -> None:
     assert "h264_v4l2m2m" in dom and "29.8 fps" in dom
 
 
+def test_the_script_rebuilds_the_destinations_table_from_status(tmp_path: Path) -> None:
+    from tests.unit.test_status import TWO, destination
+
+    calls = {"n": 0}
+
+    def snapshots() -> dict[str, Any]:  # the page is rendered with one; /status gives two
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return {**TWO, "destinations": [destination("first", "preparing")]}
+        rows = [*TWO["destinations"], destination("<b>x</b>", "error", reason="<i>refused</i>")]
+        return {**TWO, "destinations": rows}
+
+    with ServerThread(snapshots) as running:
+        dom = run_chromium(
+            tmp_path,
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            f"http://127.0.0.1:{running.port}/",
+        )
+    assert 'data-refreshed="yes"' in dom, dom[:3000]
+    body = dom[dom.index('<tbody id="d-rows">') :]
+    body = body[: body.index("</tbody>")]
+    rows = re.findall(r'<tr data-state="([^"]*)">(.*?)</tr>', body)
+    assert [state for state, _ in rows] == ["live", "reconnecting", "error"]
+    assert "first" not in body  # the server-rendered row was replaced
+    cells = [re.findall(r"<td>(.*?)</td>", row) for _, row in rows]
+    assert cells[0][0] == 'main<div class="sub">rtmp://main.example.com:1935/live/***</div>'
+    assert cells[0][2:] == ["2431 kbps", "120 ms", "3", "0"]
+    assert cells[1][1] == 'reconnecting<div class="sub">connection refused; retrying in 2.0 s</div>'
+    assert cells[1][2:] == ["0 kbps", "0 ms", "6", "3"]
+    assert cells[2][0].startswith("&lt;b&gt;x&lt;/b&gt;")  # text, never markup
+    assert "&lt;i&gt;refused&lt;/i&gt;" in cells[2][1]
+
+
 def png_pixels(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
     """Width, height and RGB pixels of an 8-bit RGB/RGBA, non-interlaced PNG."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"

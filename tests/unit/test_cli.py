@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.__main__ import build_parser, config_from, settings_from
+from streamer.__main__ import build_parser, config_from, main, settings_from
 from streamer.config import Config, load_config
 from streamer.device import Device
 from streamer.settings import Settings
@@ -78,3 +78,49 @@ def test_recording_comes_from_the_file_and_flags_override_it(tmp_path: Path) -> 
     assert flags.record_dir == "/srv/rec"
     assert (flags.record_minutes, flags.record_keep_gb) == (2.0, 1.5)
     assert settings_for().record_dir is None  # recording stays off unless asked
+
+
+def test_url_may_be_given_several_times(tmp_path: Path) -> None:
+    settings = settings_for("--url", "rtmps://b.example.com/app/k2", "--url", "rtmp://c/live/k3")
+    assert [(t.name, t.url.key) for t in settings.destinations] == [
+        ("example.com", "k"),
+        ("b.example.com", "k2"),
+        ("c", "k3"),
+    ]
+    assert [d.name for d in Device(settings).destinations] == ["example.com", "b.example.com", "c"]
+
+
+def test_destinations_come_from_the_file_with_their_names(tmp_path: Path) -> None:
+    keys = tmp_path / "yt.key"
+    keys.write_text("ytKey\n")
+    keys.chmod(0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[stream]\nurl = "rtmp://a.rtmp.youtube.com/live2"\nkey_file = "yt.key"\nname = "yt"\n'
+        '[[destination]]\nurl = "rtmp://backup.example.com/live/bk"\n'
+    )
+    args = build_parser().parse_args(["run", "--config", str(config)])
+    settings = settings_from(config_from(args, load_config(config)), args)
+    assert [(t.name, t.url.key) for t in settings.destinations] == [
+        ("yt", "ytKey"),
+        ("backup.example.com", "bk"),
+    ]
+    flags = build_parser().parse_args(["run", "--config", str(config), "--url", URL])
+    replaced = settings_from(config_from(flags, load_config(config)), flags)
+    assert [t.name for t in replaced.destinations] == ["example.com"]  # flags replace the file's
+
+
+def test_a_bad_destination_in_the_file_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[stream]\nurl = "rtmp://h/live/SECRETKEY1"\n'
+        '[[destination]]\nurl = "rtmp://other/live"\nkey_file = "gone.key"\n'
+    )
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"streamer: error: config {config}: destination[1].key_file {tmp_path / 'gone.key'} "
+        "does not exist\n"
+    )

@@ -333,7 +333,7 @@ def test_accepted_values(
         (
             "[foo]\nbar = 1\n",
             "unknown section [foo] "
-            "(known: audio, controls, log, network, record, status, stream, video)",
+            "(known: audio, controls, destination, log, network, record, status, stream, video)",
         ),
         ("fps = 30\n", "fps is outside any section; it belongs under [video]"),
         ("video = 30\n", "video must be a section [video], not a single value"),
@@ -664,3 +664,180 @@ def test_unknown_override_is_a_programming_error() -> None:
     for name in ("video.framerate", "foo.bar", "fps"):
         with pytest.raises(ValueError, match="unknown config field"):
             with_overrides(Config(), {name: 1})
+
+
+# -- several destinations: [stream] first, then [[destination]] tables ---------------
+
+OTHER = "fb-Wq83kLm2"  # the second destination's key
+
+
+def test_stream_and_destination_tables_give_named_destinations_in_order(tmp_path: Path) -> None:
+    key_file(tmp_path)
+    (tmp_path / "fb.key").write_text(OTHER + "\n")
+    (tmp_path / "fb.key").chmod(0o600)
+    path = write(
+        tmp_path,
+        '[stream]\nurl = "rtmp://a.rtmp.youtube.com/live2"\nkey_file = "stream.key"\n'
+        'name = "youtube"\n'
+        '[[destination]]\nurl = "rtmps://live-api-s.facebook.com:443/rtmp"\n'
+        'key_file = "fb.key"\nname = "facebook"\n'
+        '[[destination]]\nurl = "rtmp://backup.example.com/live/k3"\n'
+        '[[destination]]\nurl = "rtmp://backup.example.com/live/k4"\n',
+    )
+    config = load_config(path)
+    assert config.destination[0] == StreamSection(
+        url="rtmps://live-api-s.facebook.com:443/rtmp",
+        key_file=tmp_path / "fb.key",  # next to the file, like [stream] key_file
+        name="facebook",
+    )
+    found = cfg.destinations(config)
+    assert [t.name for t in found] == [
+        "youtube",
+        "facebook",
+        "backup.example.com",
+        "backup.example.com-2",
+    ]
+    assert [t.url.key for t in found] == [KEY, OTHER, "k3", "k4"]
+    assert found[1].url.tls and found[1].url.port == 443
+    assert KEY not in repr(config) and OTHER not in repr(config) and "k3" not in repr(config)
+    assert KEY not in repr(found) and OTHER not in repr(found)
+
+
+def test_destination_tables_alone_are_enough(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[destination]]\nurl = "rtmp://one/live/k1"\n'
+        '[[destination]]\nurl = "rtmp://two/live/k2"\nname = "second"\n',
+    )
+    found = cfg.destinations(load_config(path))
+    assert [(t.name, t.url.host) for t in found] == [("one", "one"), ("second", "two")]
+    assert stream_url(load_config(path)) == "rtmp://one/live/k1"  # the first destination
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            f'[destination]\nurl = "rtmp://h/live/{KEY}"\n',
+            "destination must be written [[destination]], one table per destination, "
+            "not a single [destination] table",
+        ),
+        (
+            f'destination = "rtmp://h/live/{KEY}"\n',
+            "destination must be written [[destination]], one table per destination, "
+            "not a single value",
+        ),
+        (
+            f'[[stream]]\nurl = "rtmp://h/live/{KEY}"\n',
+            "stream must be a section [stream], not an array "
+            "(more destinations go in [[destination]] tables)",
+        ),
+        (
+            '[[destination]]\nurl = "rtmp://h/live/k"\n[[destination]]\nurll = "x"\n',
+            "unknown key destination[2].urll (known: key_file, name, url)",
+        ),
+        (
+            '[[destination]]\nname = "backup"\n',
+            "destination[1].url is not set; give rtmp://host[:port]/app/KEY, "
+            "or rtmp://host[:port]/app together with destination[1].key_file",
+        ),
+        ("[[destination]]\nurl = 5\n", "destination[1].url must be a string, got a number"),
+        (
+            f'[[destination]]\nurl = "rtmp://h/live/k"\n[[destination]]\nurl = "http://h/live/{KEY}"\n',
+            "destination[2].url http://h/live/*** must start with rtmp:// or rtmps:// "
+            "(got http://); expected rtmp://host[:port]/app/streamkey",
+        ),
+        (
+            '[[destination]]\nurl = "rtmp://h/live/k"\nname = "my stream"\n',
+            'destination[1].name = "my stream" must be 1 to 40 letters, digits, ".", "_" or "-", '
+            "starting with a letter or digit",
+        ),
+        (
+            '[stream]\nurl = "rtmp://h/live/k"\nname = "main"\n'
+            '[[destination]]\nurl = "rtmp://other/live/k"\nname = "main"\n',
+            'destination[1].name = "main" is also stream.name; '
+            "each destination needs a name of its own",
+        ),
+        (
+            f'[stream]\nurl = "rtmp://h/live/{KEY}"\n'
+            f'[[destination]]\nurl = "rtmp://h:1935/live/{KEY}"\n',
+            "destination[1] publishes to rtmp://h:1935/live/***, as stream does; "
+            "each destination needs its own server or stream key",
+        ),
+    ],
+)
+def test_destination_errors_name_the_table_and_field(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    message = error_of(path).message
+    assert message == f"config {path}: {expected}"
+    assert KEY not in message
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "does not exist"),
+        ("\n", "is empty; it must hold the stream key"),
+        (f"{KEY} {KEY}\n", "must hold only the stream key, on one line without spaces"),
+    ],
+)
+def test_a_destination_key_file_is_checked_like_the_stream_one(
+    tmp_path: Path, content: str | None, problem: str
+) -> None:
+    keys = tmp_path / "second.key"
+    if content is not None:
+        keys.write_text(content)
+    path = write(
+        tmp_path,
+        '[stream]\nurl = "rtmp://h/live/k"\n'
+        f'[[destination]]\nurl = "rtmp://other/live"\nkey_file = "{keys.name}"\n',
+    )
+    message = error_of(path).message
+    assert message == f"config {path}: destination[1].key_file {keys} {problem}"
+    assert KEY not in message
+
+
+def test_a_destination_key_file_must_complete_a_keyless_url(tmp_path: Path) -> None:
+    keys = key_file(tmp_path)
+    path = write(tmp_path, f'[[destination]]\nurl = "rtmp://h/live/x?a=1"\nkey_file = "{keys}"\n')
+    assert error_of(path).message == (
+        f"config {path}: destination[1].url rtmp://h/live/x cannot take the key from "
+        "destination[1].key_file; with a key file it must be rtmp://host[:port]/app "
+        "(no key, no query string)"
+    )
+
+
+def test_a_name_without_a_url_is_refused_when_the_urls_are_needed(tmp_path: Path) -> None:
+    path = write(tmp_path, '[stream]\nname = "main"\n')
+    with pytest.raises(ConfigError) as caught:
+        cfg.destinations(load_config(path))
+    assert caught.value.message == (
+        f"config {path}: stream.name is set but stream.url is not; "
+        "give stream.url = rtmp://host[:port]/app (without the key)"
+    )
+
+
+def test_urls_from_the_command_line_replace_every_destination_of_the_file(tmp_path: Path) -> None:
+    keys = key_file(tmp_path)
+    path = write(
+        tmp_path,
+        f'[stream]\nurl = "rtmp://h/live"\nkey_file = "{keys}"\nname = "main"\n'
+        '[[destination]]\nurl = "rtmp://other/live/k2"\n',
+    )
+    config = load_config(path)
+    two = with_overrides(config, {"stream.url": ["rtmp://a/live/x", "rtmps://b/app/y"]})
+    assert [(t.name, t.url.key) for t in cfg.destinations(two)] == [("a", "x"), ("b", "y")]
+    assert two.stream == StreamSection(url="rtmp://a/live/x")  # no key file, no name
+    one = with_overrides(config, {"stream.url": "rtmp://c/live/z"})
+    assert [(t.name, t.url.key) for t in cfg.destinations(one)] == [("c", "z")]
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(config, {"stream.url": ["rtmp://a/live/x", f"http://b/live/{KEY}"]})
+    assert caught.value.message == (
+        "command line: destination[1].url http://b/live/*** must start with rtmp:// or "
+        "rtmps:// (got http://); expected rtmp://host[:port]/app/streamkey"
+    )
+    with pytest.raises(ConfigError) as twice:
+        with_overrides(config, {"stream.url": ["rtmp://a/live/x", "rtmp://a/live/x"]})
+    assert twice.value.message.startswith("command line: destination[1] publishes to ")

@@ -23,7 +23,7 @@ KEY = "s3cretKEY-42"
 
 def doctor_output(url: str | None = None, **kwargs: str) -> tuple[int, list[str]]:
     out = io.StringIO()
-    code = run_doctor(url, out=out, **kwargs)
+    code = run_doctor([url] if url else [], out=out, **kwargs)
     text = out.getvalue()
     assert "Traceback" not in text
     assert KEY not in text
@@ -96,6 +96,24 @@ def test_real_nginx_rtmp_answers_the_handshake(nginx: LocalRtmpServer) -> None:
     assert code == 0, "\n".join(lines)
 
 
+@pytest.mark.integration
+def test_every_destination_is_checked_and_named(nginx: LocalRtmpServer) -> None:
+    from streamer.rtmp.url import parse_url
+    from streamer.settings import Target
+
+    up = Target(parse_url(nginx.url(KEY)), "main")
+    down = Target(parse_url(f"rtmp://127.0.0.1:{free_port()}/live/{KEY}x"), "backup")
+    out = io.StringIO()
+    code = run_doctor([up, down], camera="sim", microphone="none", encoder="libx264", out=out)
+    text = out.getvalue()
+    assert code == 1
+    assert KEY not in text
+    lines = text.splitlines()
+    assert any(x.startswith("ok    main: rtmp://127.0.0.1:") and "answers" in x for x in lines)
+    (failed,) = fails(lines)[:-1]
+    assert failed.startswith("FAIL  backup: rtmp://127.0.0.1:") and "connection refused" in failed
+
+
 class OneShotServer:
     """A TCP server on loopback that answers every connection with ``reply`` (or silence)."""
 
@@ -160,9 +178,21 @@ def test_unknown_choices_fail_with_the_choices() -> None:
     code, lines = doctor_output(None, camera="webcam", microphone="mic", encoder="nvenc")
     assert code == 1
     text = "\n".join(fails(lines))
-    assert "unknown camera 'webcam'; available: sim, picamera2, v4l2" in text
-    assert "unknown microphone 'mic'; available: sim, alsa[:DEVICE], none" in text
-    assert "unknown encoder 'nvenc'; available: auto, v4l2m2m, libx264" in text
+    assert "camera 'webcam' is not one of: sim, sim:sync, picamera2[:N], v4l2" in text
+    assert "microphone 'mic' is not one of: sim, sim:sync, alsa[:DEVICE], none" in text
+    assert "encoder 'nvenc' is not one of: auto, v4l2m2m, libx264" in text
+
+
+@pytest.mark.parametrize(
+    ("camera", "microphone"), [("sim:flash", "alsa:"), ("picamera2:front", "none:x")]
+)
+def test_a_known_name_with_an_argument_it_does_not_take_fails(camera: str, microphone: str) -> None:
+    code, lines = doctor_output(None, camera=camera, microphone=microphone, encoder="libx264")
+    assert code == 1
+    text = "\n".join(fails(lines))
+    assert f"camera {camera!r} is not one of: " in text
+    assert f"microphone {microphone!r} is not one of: " in text
+    assert not any(line.startswith("ok    camera") for line in lines)
 
 
 def test_explicit_v4l2m2m_without_the_hardware_fails() -> None:

@@ -230,7 +230,7 @@ def test_libx264_is_libx264() -> None:
 def test_unknown_choice_is_a_config_error_listing_the_choices(choice: str) -> None:
     with pytest.raises(ConfigError) as info:
         open_h264(choice, W, H, FPS, 800)
-    assert info.value.message == (f"unknown encoder {choice!r}; available: auto, v4l2m2m, libx264")
+    assert info.value.message == f"encoder {choice!r} is not one of: auto, v4l2m2m, libx264"
     assert info.value.exit_code == 2
 
 

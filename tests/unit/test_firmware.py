@@ -177,6 +177,25 @@ def test_config_parses_and_follows_the_schema() -> None:
     assert config["log"] == {"level": "info", "format": "auto"}
 
 
+def test_the_commented_second_destination_works_once_uncommented(tmp_path: Path) -> None:
+    from streamer.config import destinations, load_config
+
+    lines = CONFIG.read_text().splitlines(keepends=True)
+    start = lines.index("# [[destination]]\n")
+    end = lines.index("\n", start)
+    lines[start:end] = [line.removeprefix("# ") for line in lines[start:end]]
+    text = "".join(lines).replace("/etc/streamer/", f"{tmp_path}/")
+    for name in ("stream.key", "backup.key"):
+        (tmp_path / name).write_text(f"key-of-{name}\n")
+        (tmp_path / name).chmod(0o600)
+    (tmp_path / "config.toml").write_text(text)
+    found = destinations(load_config(tmp_path / "config.toml"))
+    assert [(t.name, t.url.host, t.url.key) for t in found] == [
+        ("example.com", "example.com", "key-of-stream.key"),
+        ("backup", "backup.example.com", "key-of-backup.key"),
+    ]
+
+
 def test_boot_fragment_sets_up_the_camera_and_the_configured_pins() -> None:
     lines = BOOT.read_text().splitlines()
     assert lines[0].startswith("# --- streamer")  # install.sh's marker

@@ -32,6 +32,8 @@ from streamer.status import (
     format_value,
     is_loopback_host,
     is_loopback_peer,
+    render_metrics,
+    render_page,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -656,3 +658,177 @@ def test_stop_before_start_is_harmless() -> None:
     server = StatusServer(lambda: SNAPSHOT, on_start=lambda: None, on_stop=lambda: None)
     asyncio.run(server.stop())
     assert server.port == 8089
+
+
+# -- several destinations -------------------------------------------------------------
+
+KEY1, KEY2 = "mainKey-8812", "backupKey-3307"
+
+
+def destination(name: str, state: str, **numbers: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": name,
+        "url": f"rtmp://{name}.example.com:1935/live/***",
+        "state": state,
+        "reason": f"publishing to rtmp://{name}.example.com:1935/live/***",
+        "sent_kbps": 0,
+        "fps": 0.0,
+        "queue_ms": 0,
+        "frames_sent": 0,
+        "dropped": 0,
+        "dropped_video": 0,
+        "dropped_audio": 0,
+        "discarded_offline": 0,
+        "keyframes_requested": 0,
+        "target_kbps": None,
+        "reconnects": 0,
+    }
+    return {**base, **numbers}
+
+
+TWO = {
+    **SNAPSHOT,
+    "state": "reconnecting",
+    "destinations": [
+        destination(
+            "main",
+            "live",
+            sent_kbps=2431,
+            fps=29.8,
+            queue_ms=120,
+            frames_sent=9000,
+            dropped=3,
+            dropped_video=3,
+            target_kbps=2500,
+            keyframes_requested=1,
+        ),
+        destination(
+            "backup",
+            "reconnecting",
+            reason="connection refused; retrying in 2.0 s",
+            queue_ms=0,
+            frames_sent=1000,
+            dropped=6,
+            dropped_video=5,
+            dropped_audio=1,
+            discarded_offline=40,
+            reconnects=3,
+        ),
+    ],
+}
+
+
+def samples_of(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text.decode())
+        for sample in family.samples
+    }
+
+
+def test_metrics_have_each_destinations_own_series() -> None:
+    samples = samples_of(render_metrics(lambda: TWO))
+    assert samples[("streamer_frames_sent_total", ())] == 10_000  # the device's series stay
+    assert samples[("streamer_state", (("state", "reconnecting"),))] == 1
+
+    def of(name: str, dest: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted({"destination": dest, **labels}.items())))]
+
+    assert of("streamer_destination_state", "main", state="live") == 1
+    assert of("streamer_destination_state", "main", state="reconnecting") == 0
+    assert of("streamer_destination_state", "backup", state="reconnecting") == 1
+    assert of("streamer_destination_frames_sent_total", "main") == 9000
+    assert of("streamer_destination_frames_sent_total", "backup") == 1000
+    assert of("streamer_destination_dropped_total", "backup", kind="video") == 5
+    assert of("streamer_destination_dropped_total", "backup", kind="audio") == 1
+    assert of("streamer_destination_discarded_offline_total", "backup") == 40
+    assert of("streamer_destination_reconnects_total", "backup") == 3
+    assert of("streamer_destination_keyframes_requested_total", "main") == 1
+    assert of("streamer_destination_queue_ms", "main") == 120
+    assert of("streamer_destination_sent_kbps", "main") == 2431
+    assert of("streamer_destination_fps", "main") == pytest.approx(29.8)
+    assert of("streamer_destination_target_kbps", "main") == 2500
+    assert ("streamer_destination_target_kbps", (("destination", "backup"),)) not in samples
+    url = "rtmp://backup.example.com:1935/live/***"
+    assert of("streamer_destination_info", "backup", url=url) == 1
+    # Prometheus conventions: every counter ends in _total, no gauge does.
+    text = render_metrics(lambda: TWO).decode()
+    types = re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M)
+    assert types and all(name.endswith("_total") == (kind == "counter") for name, kind in types)
+
+
+def test_page_has_a_row_per_destination() -> None:
+    page = render_page(TWO)
+    table = page[page.index('<table id="destinations">') :]
+    rows = re.findall(r'<tr data-state="([^"]*)">(.*?)</tr>', table)
+    assert [state for state, _ in rows] == ["live", "reconnecting"]
+    cells = [
+        [
+            re.sub(r'<div class="sub">(.*?)</div>', r" / \1", td)
+            for td in re.findall(r"<td>(.*?)</td>", row)
+        ]
+        for _, row in rows
+    ]
+    assert cells == [
+        [
+            "main / rtmp://main.example.com:1935/live/***",
+            "live / publishing to rtmp://main.example.com:1935/live/***",
+            "2431 kbps",
+            "120 ms",
+            "3",
+            "0",
+        ],
+        [
+            "backup / rtmp://backup.example.com:1935/live/***",
+            "reconnecting / connection refused; retrying in 2.0 s",
+            "0 kbps",
+            "0 ms",
+            "6",
+            "3",
+        ],
+    ]
+    escaped = render_page({**TWO, "destinations": [destination(MALICIOUS, MALICIOUS)]})
+    assert "<script>alert" not in escaped and "<img src=x" not in escaped
+
+
+def test_page_without_destinations_hides_the_table() -> None:
+    assert '<table id="destinations" hidden>' in render_page(SNAPSHOT)
+    assert '<table id="destinations">' in render_page(TWO)
+
+
+def test_status_json_passes_the_destinations_through(calls: Calls, server: ServerThread) -> None:
+    calls.snapshot = TWO
+    body = json.loads(request(server.port, "GET", "/status").body)
+    assert body["destinations"] == TWO["destinations"]
+
+
+def test_no_stream_key_reaches_status_page_or_metrics(calls: Calls) -> None:
+    """From a real Device's snapshot, and a reason that carries a key despite everything."""
+    from streamer import log as logsetup
+    from streamer.device import Device
+    from streamer.rtmp.url import parse_url
+    from streamer.settings import Settings, Target
+
+    device = Device(
+        Settings(
+            urls=[
+                Target(parse_url(f"rtmp://a.example.com/live/{KEY1}"), "main"),
+                f"rtmps://b.example.com/app/{KEY2}",
+            ]
+        )
+    )
+    snapshot = device.snapshot()
+    assert [d["name"] for d in snapshot["destinations"]] == ["main", "b.example.com"]
+    logsetup.add_secret(KEY2)  # as Device.run and the config's key files do
+    snapshot["destinations"][1]["reason"] = f"refused by rtmps://b.example.com/app/{KEY2}"
+    calls.snapshot = snapshot
+    with ServerThread(calls.read) as running:
+        texts = [
+            request(running.port, "GET", path).body.decode()
+            for path in ("/", "/status", "/metrics")
+        ]
+    page, status, metrics = texts
+    assert "rtmp://a.example.com:1935/live/***" in page and "b.example.com" in metrics
+    assert "refused by rtmps://b.example.com/app/***" in status
+    for text in texts:
+        assert KEY1 not in text and KEY2 not in text

@@ -1,0 +1,175 @@
+"""A device app's own camera and microphone: the pipeline encodes from them as from its own."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import av
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from streamer.exc import ConfigError
+from streamer.hardware.base import AudioSource, VideoSource
+from streamer.media import Kind, Packet
+from streamer.pipeline import Fanout, Pipeline
+from streamer.settings import Settings
+
+W, H, FPS = 64, 48, 10.0
+FRAMES = 12
+pytestmark = pytest.mark.timeout(30)
+
+
+class GreyCamera:
+    """Frame n is flat grey at luma 40 + 10 n, captured at ``start + n / fps``."""
+
+    width, height, fps = W, H, FPS
+
+    def __init__(self) -> None:
+        self.start = 0.0  # the test sets it from the pipeline's clock
+        self.opened = self.closed = 0
+        self.n = 0
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def read(self) -> tuple[av.VideoFrame, float]:
+        time.sleep(0.002)  # a real camera blocks until the next frame
+        n = self.n
+        self.n += 1
+        picture = np.full((H * 3 // 2, W), 128, np.uint8)
+        picture[:H] = 40 + 10 * min(n, FRAMES)
+        frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
+        return frame, self.start + n / FPS
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class SilentMicrophone:
+    """Mono 16 kHz silence, 1600 samples a read."""
+
+    sample_rate, channels = 16000, 1
+
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.opened = self.closed = 0
+        self.reads = 0
+
+    def open(self) -> None:
+        self.opened += 1
+
+    def read(self) -> tuple[npt.NDArray[np.int16], float]:
+        time.sleep(0.002)
+        n = self.reads
+        self.reads += 1
+        return np.zeros((1600, 1), np.int16), self.start + n * 0.1
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_the_sources_follow_the_documented_protocols() -> None:
+    camera: VideoSource = GreyCamera()  # mypy checks these against hardware/base.py
+    microphone: AudioSource = SilentMicrophone()
+    assert camera.fps == FPS and microphone.channels == 1
+
+
+def run_pipeline(settings: Settings, enough: int) -> tuple[Pipeline, list[Packet]]:
+    """Start capture, collect what the encoders make until ``enough`` video packets, stop."""
+    packets: list[Packet] = []
+    got_enough = threading.Event()
+
+    def collect(batch: list[Packet]) -> None:
+        packets.extend(batch)
+        if sum(p.kind is Kind.VIDEO for p in packets) >= enough:
+            got_enough.set()
+
+    fanout = Fanout()
+    fanout.tap = collect
+    pipeline = Pipeline(settings, fanout)
+    camera, microphone = settings.camera, settings.microphone
+    assert isinstance(camera, GreyCamera) and isinstance(microphone, SilentMicrophone)
+    camera.start = microphone.start = pipeline.clock.origin + 10.0  # 10 s into the stream
+    pipeline.start()
+    assert got_enough.wait(20), f"only {len(packets)} packets"
+    asyncio.run(pipeline.stop())
+    return pipeline, packets
+
+
+def test_the_pipeline_encodes_from_an_apps_own_camera_and_microphone() -> None:
+    camera, microphone = GreyCamera(), SilentMicrophone()
+    settings = Settings(
+        urls=["rtmp://h/live/k"],
+        camera=camera,
+        microphone=microphone,
+        width=W,
+        height=H,
+        fps=FPS,
+        encoder="libx264",
+    )
+    assert settings.camera is camera  # kept as is, not a name
+    pipeline, packets = run_pipeline(settings, FRAMES + 3)
+    assert (camera.opened, camera.closed) == (1, 1)
+    assert (microphone.opened, microphone.closed) == (1, 1)
+
+    video = [p for p in packets if p.kind is Kind.VIDEO]
+    assert video[0].keyframe
+    # Stamped with the source's capture instants: 10 s in, one frame every 100 ms.
+    assert [p.pts_ms for p in video[:FRAMES]] == [10_000 + 100 * n for n in range(FRAMES)]
+
+    decoder = av.CodecContext.create("h264", "r")
+    decoder.extradata = pipeline.video.config.avc_config
+    lumas = []
+    for p in video[:FRAMES]:
+        for frame in decoder.decode(av.Packet(p.data)):
+            lumas.append(float(frame.to_ndarray()[:H].mean()))
+    lumas += [float(f.to_ndarray()[:H].mean()) for f in decoder.decode(None)]
+    assert len(lumas) == FRAMES
+    assert lumas == pytest.approx([40 + 10 * n for n in range(FRAMES)], abs=3)
+
+    audio = [p for p in packets if p.kind is Kind.AUDIO]
+    assert pipeline.audio is not None
+    assert (pipeline.audio.config.sample_rate, pipeline.audio.config.channels) == (16000, 1)
+    assert audio and 9_900 <= audio[0].pts_ms <= 10_100  # the microphone's own instants
+
+
+def test_a_stop_and_start_opens_the_same_objects_again() -> None:
+    camera, microphone = GreyCamera(), SilentMicrophone()
+    settings = Settings(
+        urls=["rtmp://h/live/k"], camera=camera, microphone=microphone, width=W, height=H, fps=FPS
+    )
+    run_pipeline(settings, 2)
+    run_pipeline(settings, 2)
+    assert (camera.opened, camera.closed, microphone.opened, microphone.closed) == (2, 2, 2, 2)
+
+
+def test_an_object_that_is_not_a_source_is_refused_when_the_settings_are_made() -> None:
+    class NoRead:
+        def open(self) -> None: ...
+        def close(self) -> None: ...
+
+    with pytest.raises(TypeError) as caught:
+        Settings(urls=["rtmp://h/live/k"], camera=NoRead())  # type: ignore[arg-type]
+    assert str(caught.value) == (
+        "camera must be one of sim, sim:sync, picamera2[:N], v4l2[:/dev/videoN], or an object "
+        "with open(), read() and close() (VideoSource in streamer/hardware/base.py); "
+        "a NoRead has no read()"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("camera", "webcam", "camera 'webcam' is not one of: sim, sim:sync, picamera2[:N], "),
+        ("microphone", "pulse", "microphone 'pulse' is not one of: sim, sim:sync, alsa[:DEVICE]"),
+        ("encoder", "nvenc", "encoder 'nvenc' is not one of: auto, v4l2m2m, libx264"),
+    ],
+)
+def test_names_are_checked_when_the_settings_are_made(field: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings(urls=["rtmp://h/live/k"], **{field: value})  # type: ignore[arg-type]
+    assert caught.value.message.startswith(message)
+    assert Settings(urls=["rtmp://h/live/k"], camera="SIM:sync").camera == "sim:sync"
