@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from streamer import log as logsetup
 from streamer.destination import Destination, Media, PublisherFactory, rtmp_publisher
+from streamer.encode.camera import CameraEncoder
+from streamer.encode.filters import FilterChain
+from streamer.encode.h264 import H264Encoder
 from streamer.encode.select import ready_config
-from streamer.exc import StreamerError
+from streamer.exc import DeviceError, StreamerError
+from streamer.media import AudioConfig, VideoConfig
 from streamer.pipeline import Fanout, Pipeline
+from streamer.record import Recorder
 from streamer.settings import Settings
 from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, DeviceState, Listener
 
@@ -51,6 +57,43 @@ _PATHS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+class VideoEncoder(Protocol):
+    """What the device uses of the video encoder (``H264Encoder``, ``CameraEncoder``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> VideoConfig: ...
+    def set_bitrate(self, kbps: int) -> None: ...
+    def request_keyframe(self) -> None: ...
+
+
+class AudioEncoder(Protocol):
+    @property
+    def config(self) -> AudioConfig: ...
+
+
+class PipelineLike(Protocol):
+    """What the device uses of the capture side (``pipeline.Pipeline``); tests pass fakes."""
+
+    @property
+    def video(self) -> VideoEncoder: ...
+    @property
+    def audio(self) -> AudioEncoder | None: ...
+    @property
+    def filters(self) -> FilterChain | None: ...
+    @property
+    def recorder(self) -> Recorder | None: ...
+    def start(self) -> None: ...
+    def check(self) -> None: ...
+    async def stop(self) -> None: ...
+    def start_recording(self, video: VideoConfig, s: Settings) -> None: ...
+
+
+# A new pipeline for each start: what it encodes goes to the fanout.
+PipelineFactory = Callable[[Settings, Fanout], PipelineLike]
+
+
 def derived_state(states: list[str]) -> str:
     """The device state for its destinations' states (``STATE_RULE``)."""
     if ERROR in states:
@@ -65,8 +108,13 @@ def derived_state(states: list[str]) -> str:
 class Device:
     """Runs the device: the state machine decides, this class carries it out.
 
-    ``publisher_factory`` and ``first_session_ms`` are for tests: fake
-    publishers, and a first session whose clock starts near a boundary.
+    What the lifecycle drives is injected, for tests: ``pipeline_factory``
+    (the capture side), ``publisher_factory`` (the network side), ``clock``
+    (monotonic seconds, read by every policy that judges time: backoff,
+    duration, rates) and ``tick`` (seconds between looks at the pipeline).
+    Waits (backoff delays, cooldowns) are real sleeps of the configured
+    seconds. ``first_session_ms`` starts the first session's clock near a
+    boundary.
     """
 
     def __init__(
@@ -74,24 +122,31 @@ class Device:
         settings: Settings,
         state: DeviceState | None = None,
         *,
+        pipeline_factory: PipelineFactory = Pipeline,
         publisher_factory: PublisherFactory = rtmp_publisher,
+        clock: Callable[[], float] = time.monotonic,
+        tick: float = TICK,
         first_session_ms: int = 0,
     ) -> None:
         self.s = settings
-        self.state = state or DeviceState()
+        self._clock = clock
+        self._tick = tick
+        self._pipeline_factory = pipeline_factory
+        self.state = state or DeviceState(clock=clock)
         self.destinations = [
             Destination(
                 target,
                 settings,
                 publisher_factory=publisher_factory,
+                clock=clock,
                 first_session_ms=first_session_ms,
                 on_change=self._destination_changed,
             )
             for target in settings.destinations
         ]
-        self.pipeline: Pipeline | None = None
+        self.pipeline: PipelineLike | None = None
         self.error: StreamerError | None = None
-        self.started = time.monotonic()
+        self.started = clock()
         self.target_kbps = settings.video_bitrate_kbps  # what the encoder was last told
         self._tasks: dict[Destination, asyncio.Task[None]] = {}
         self._want_running = True
@@ -138,7 +193,7 @@ class Device:
             "state": self.state.state,
             "reason": self.state.reason,
             "since": datetime.fromtimestamp(self.state.since_wall).astimezone().isoformat(),
-            "uptime_s": round(time.monotonic() - self.started, 1),
+            "uptime_s": round(self._clock() - self.started, 1),
             "resolution": f"{self.s.width}x{self.s.height}",
             "url": self.s.url.redacted,
             **self.numbers(),
@@ -267,12 +322,12 @@ class Device:
         """Start capture and every destination; watch them. True when the duration is over."""
         loop = asyncio.get_running_loop()
         fanout = Fanout()
-        pipeline = Pipeline(self.s, fanout)
+        pipeline = self._pipeline_factory(self.s, fanout)
         self.pipeline = pipeline
         fanout.outboxes = tuple(d.attach(loop) for d in self.destinations)
         pipeline.start()
         # A hardware encoder only learns SPS/PPS with its first keyframe.
-        video_config = await asyncio.to_thread(ready_config, pipeline.video, 5.0)
+        video_config = await asyncio.to_thread(_ready_config, pipeline.video, 5.0)
         if self.s.record_dir and pipeline.recorder is None:
             pipeline.start_recording(video_config, self.s)
         audio = pipeline.audio
@@ -280,9 +335,9 @@ class Device:
             video_config, audio.config if audio else None, pipeline.video.request_keyframe
         )
         self._tasks = {d: asyncio.create_task(d.run(media)) for d in self.destinations}
-        self._stats_at = time.monotonic()
+        self._stats_at = self._clock()
         while not shutdown.is_set() and self._want_running:
-            now = time.monotonic()
+            now = self._clock()
             if self._deadline is not None and now >= self._deadline:
                 self._duration_reached = True
                 return True
@@ -293,13 +348,14 @@ class Device:
             self._follow(derived_state([d.state for d in self.destinations]))
             self._adapt(pipeline, now)
             self._maybe_log_stats(now)
-            wait = TICK if self._deadline is None else max(0.0, min(TICK, self._deadline - now))
+            tick = self._tick
+            wait = tick if self._deadline is None else max(0.0, min(tick, self._deadline - now))
             await self._sleep(wait)
         return False
 
     def _destination_changed(self, destination: Destination) -> None:
         if destination.state == LIVE and self._deadline is None and self.s.duration:
-            self._deadline = time.monotonic() + self.s.duration
+            self._deadline = self._clock() + self.s.duration
         if self.s.destinations[1:]:
             log.info(
                 "destination",
@@ -321,7 +377,7 @@ class Device:
         for trigger in _PATHS.get((current, target), ()):
             self.state.fire(trigger, reason)
 
-    def _adapt(self, pipeline: Pipeline, now: float) -> None:
+    def _adapt(self, pipeline: PipelineLike, now: float) -> None:
         """The encoder's bitrate: what the slowest live destination's link can carry."""
         proposals = [(p, d) for d in self.destinations if (p := d.propose_bitrate(now)) is not None]
         if not proposals:
@@ -367,7 +423,16 @@ class Device:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
-def _recording_status(pipeline: Pipeline | None) -> str:
+def _ready_config(video: VideoEncoder, timeout: float) -> VideoConfig:
+    """The video setup with SPS/PPS (``ready_config`` waits for a hardware encoder's)."""
+    if isinstance(video, H264Encoder | CameraEncoder):
+        return ready_config(video, timeout)
+    if not video.config.avc_config:
+        raise DeviceError(f"H.264 encoder {video.name} gave no SPS/PPS at open")
+    return video.config
+
+
+def _recording_status(pipeline: PipelineLike | None) -> str:
     recorder = pipeline.recorder if pipeline else None
     if recorder is None:
         return "off"
