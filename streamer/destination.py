@@ -193,10 +193,16 @@ class Destination:
     # -- running ------------------------------------------------------------------
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> Outbox:
-        """A new outbox for a new pipeline run (the counters carry on)."""
+        """A new outbox for a new pipeline run (the counters carry on); ``run`` may follow.
+
+        A ``stop`` from here on ends that run, even one that comes before
+        its task first ran.
+        """
         queue = SendQueue(drop_threshold_ms=self.s.drop_threshold_ms, counters=self.counters)
         queue.offline = True
         self.outbox = Outbox(queue, loop)
+        self._running = True
+        self._drain_until = None
         return self.outbox
 
     async def run(self, media: Media) -> None:
@@ -206,7 +212,8 @@ class Destination:
         first connection that fails, reconnects given up); service mode waits
         out ``error_cooldown`` and tries again instead.
         """
-        self._running = True
+        if not self._running:
+            return  # stopped before it began
         self._set(PREPARING, f"connecting to {self.target.url.redacted}")
         try:
             while self._running:
@@ -231,7 +238,8 @@ class Destination:
                 raise exc
             self._set(ERROR, exc.message)
             log.error("destination failed", destination=self.name, reason=exc.message)
-            if await self._sleep(self.s.error_cooldown):
+            await self._sleep(self.s.error_cooldown)
+            if self._running and self.state == ERROR:  # not ended early by retry_now or stop
                 self._set(PREPARING, f"{self.s.error_cooldown:g} s cooldown over")
             return
         if self.state == LIVE:
@@ -352,6 +360,12 @@ class Destination:
             accepted = publisher.bytes_sent - publisher.write_buffer_size
         controller.update(now, accepted, outbox.depth_ms)
         return controller.target_kbps
+
+    def retry_now(self, reason: str) -> None:
+        """In error (waiting out the cooldown): try again now (a person asked)."""
+        if self.state == ERROR and self._running:
+            self._set(PREPARING, reason)
+            self._wake.set()
 
     def stop(self, drain: bool = False) -> None:
         """Stop sending; with ``drain``, first send what is queued (for DRAIN_ON_STOP at most).
