@@ -144,6 +144,7 @@ class Destination:
         self._running = False
         self._drain_until: float | None = None
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()  # set by stop: ends a connection attempt
         self._stats_at = 0.0
         self._stats_bytes = 0
         self._stats_frames = 0
@@ -203,6 +204,7 @@ class Destination:
         self.outbox = Outbox(queue, loop)
         self._running = True
         self._drain_until = None
+        self._stopped.clear()
         return self.outbox
 
     async def run(self, media: Media) -> None:
@@ -278,7 +280,8 @@ class Destination:
         assert self.outbox is not None
         publisher = self._factory(self.target, self.s)
         self.publisher = publisher
-        await publisher.connect()
+        if not await self._connect(publisher):
+            return  # stopped while connecting
         start_ms, self._first_session_ms = self._first_session_ms, 0
         session = Session(publisher, start_ms)
         await session.open(media.video, media.audio)
@@ -328,6 +331,26 @@ class Destination:
                 continue
             await publisher.flush()
 
+    async def _connect(self, publisher: Publisher) -> bool:
+        """Connect and publish; False when ``stop`` came first (the attempt is abandoned).
+
+        Nothing is published yet, so there is nothing to drain: a stop does
+        not wait for a server that takes its time (up to ``connect_timeout``).
+        """
+        connecting = asyncio.ensure_future(publisher.connect())
+        stopping = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
+        if connecting.cancelled():
+            return False
+        connecting.result()  # raises what the attempt raised
+        return True
+
     def _write_batch(self, publisher: Publisher, session: Session, outbox: Outbox) -> int:
         written = 0
         while written < SEND_BATCH and publisher.has_room() and not session.ended:
@@ -376,6 +399,7 @@ class Destination:
         self._running = False
         self._drain_until = self._clock() + DRAIN_ON_STOP if drain else None
         self._wake.set()
+        self._stopped.set()
         if self.outbox is not None:
             self.outbox.ready.set()
 

@@ -48,6 +48,7 @@ class Plan:
     """What one connection attempt does."""
 
     fail: StreamerError | None = None  # raised by connect: ConnectFailed, PublishRejected
+    hold: asyncio.Event | None = None  # connect waits for it (then fails or succeeds)
     lose_after: int | None = None  # video frames taken, then the connection is lost
     before_loss: Callable[[], None] | None = None  # runs just before the loss (advance a clock)
     acks: bool = True  # the server acknowledges what it receives
@@ -72,11 +73,16 @@ class Publish:
 class FakeServer:
     """One destination's server: plays ``plans`` in order (then ``Plan()``), records what came."""
 
-    def __init__(self, *plans: Plan, gate: asyncio.Event | None = None) -> None:
+    def __init__(self, *plans: Plan) -> None:
         self.plans = deque(plans)
-        self.gate = gate  # while set to an unset event, connects wait for it
         self.attempts: list[float] = []  # time.monotonic() of each connect
         self.publishes: list[Publish] = []
+        self.current: FakePublisher | None = None  # the publisher connected last
+
+    def drop(self) -> None:
+        """Lose the current connection: its next flush raises ConnectionLost."""
+        assert self.current is not None
+        self.current.lost = True
 
     def next_plan(self) -> Plan:
         return self.plans.popleft() if self.plans else Plan()
@@ -99,21 +105,22 @@ class FakePublisher:
         self.bytes_sent = 0
         self.plan = Plan()
         self.publish: Publish | None = None
-        self._lost = False
+        self.lost = False
 
     async def connect(self) -> None:
         url = self.target.url
         log.info("fake connect", url=f"rtmp://{url.host}/{url.app}/{url.key}")
         self.server.attempts.append(time.monotonic())
         plan = self.server.next_plan()
-        if self.server.gate is not None:
-            await self.server.gate.wait()
+        if plan.hold is not None:
+            await plan.hold.wait()
         await asyncio.sleep(0)
         if plan.fail is not None:
             raise plan.fail
         self.plan = plan
         self.publish = Publish(at=time.monotonic())
         self.server.publishes.append(self.publish)
+        self.server.current = self
 
     def _session(self) -> Publish:
         assert self.publish is not None, "not connected"
@@ -137,7 +144,7 @@ class FakePublisher:
         self.bytes_sent += len(body)
         lose_after = self.plan.lose_after
         if lose_after is not None and len(session.frames) >= lose_after:
-            self._lost = True
+            self.lost = True
 
     def write_audio(self, timestamp_ms: int, body: bytes) -> None:
         self.bytes_sent += len(body)
@@ -150,7 +157,7 @@ class FakePublisher:
 
     async def flush(self) -> None:
         await asyncio.sleep(0)
-        if self._lost:
+        if self.lost:
             if self.plan.before_loss is not None:
                 self.plan.before_loss()
             raise ConnectionLost("server closed the connection")
@@ -207,21 +214,30 @@ class FakeVideo:
 class FakePipeline:
     """The capture side: a video packet every ``interval`` s into the fanout, from a task.
 
-    A keyframe every 30 frames or when asked for; ``stop`` pushes one last
-    frame (``b"flush"``), as encoders flush. ``fail`` makes ``check`` raise
-    (a capture thread died); ``log_as`` logs a line per packet.
+    A keyframe every 30 frames or when asked for; ``stop`` takes
+    ``stop_delay`` s and pushes one last frame (``b"flush"``), as encoders
+    flush. ``fail`` makes ``check`` raise (a capture thread died); ``log_as``
+    logs a line per packet.
     """
 
-    def __init__(self, s: Settings, fanout: Fanout, interval: float, log_as: str | None) -> None:
+    def __init__(
+        self,
+        s: Settings,
+        fanout: Fanout,
+        interval: float = 0.002,
+        log_as: str | None = None,
+        stop_delay: float = 0.0,
+    ) -> None:
         self.fanout = fanout
         self.interval = interval
         self.log_as = log_as
+        self.stop_delay = stop_delay
         self.video = FakeVideo(s.video_bitrate_kbps)
         self.audio = None
         self.filters = None
         self.recorder = None
         self.fail: StreamerError | None = None
-        self.started = self.stopped = False
+        self.started = self.stopping = self.stopped = False
         self.count = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -248,6 +264,8 @@ class FakePipeline:
             raise self.fail
 
     async def stop(self) -> None:
+        self.stopping = True
+        await asyncio.sleep(self.stop_delay)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -261,13 +279,12 @@ class FakePipeline:
 class Pipelines:
     """A ``pipeline_factory`` that keeps the pipelines it made (one per start)."""
 
-    def __init__(self, interval: float = 0.002, log_as: str | None = None) -> None:
-        self.interval = interval
-        self.log_as = log_as
+    def __init__(self, **options: Any) -> None:
+        self.options = options  # for each FakePipeline
         self.made: list[FakePipeline] = []
 
     def __call__(self, s: Settings, fanout: Fanout) -> FakePipeline:
-        pipeline = FakePipeline(s, fanout, self.interval, self.log_as)
+        pipeline = FakePipeline(s, fanout, **self.options)
         self.made.append(pipeline)
         return pipeline
 

@@ -96,6 +96,8 @@ async def streaming(
     finally:
         d.stop()
         await pipeline.stop()
+        await asyncio.wait({task}, timeout=2)  # a test that failed must not hang
+        task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
 
@@ -282,3 +284,14 @@ async def test_a_stop_that_comes_before_the_task_ran_is_kept() -> None:
         run.destination.stop()
         assert await run.outcome(timeout=0.5) is None
         assert run.server.attempts == []
+
+
+@scenario
+async def test_stop_ends_a_connection_attempt_at_once() -> None:
+    """A server that takes its time (up to connect_timeout) does not hold up a stop."""
+    async with streaming(quick(), Plan(hold=asyncio.Event())) as run:
+        await until(lambda: len(run.server.attempts) == 1, "connecting")
+        run.destination.stop()
+        assert await run.outcome(timeout=0.5) is None
+        assert run.server.publishes == []
+        assert run.visited == [PREPARING, IDLE]
