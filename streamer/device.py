@@ -10,6 +10,7 @@ up. Use it from Python as an async context manager (README: Use from Python).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -153,6 +154,7 @@ class Device:
         self._deadline: float | None = None
         self._duration_reached = False
         self._wake = asyncio.Event()
+        self._retry_at: float | None = None  # service mode, device in error: when to retry
         self._stats_at = 0.0
         self._shutdown: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -223,19 +225,26 @@ class Device:
             self.stop(by)
 
     def start(self, by: str = "python") -> None:
-        """Stream (again): from idle, or from an error a person chose to retry now."""
-        if self.state.state == ERROR:
-            self.state.fire("reset", f"start requested by {by}")
+        """Stream: from idle; in error, try again now instead of after the cooldown."""
         self._want_running = True
         log.info("start requested", by=by)
+        if self.state.state == ERROR:
+            reason = f"start requested by {by}"
+            self.error = None
+            self._retry_at = None
+            for d in self.destinations:
+                d.retry_now(reason)
+            self.state.fire("retry", reason)
         self._wake.set()
 
     def stop(self, by: str = "python") -> None:
+        """Stop streaming: unpublish (sending what is queued first), close the hardware."""
         self._want_running = False
         log.info("stop requested", by=by)
         self._wake.set()
 
     def reset(self, reason: str) -> None:
+        """In error: forget it and stay idle (the button held 3 s)."""
         if self.state.state == ERROR:
             self._want_running = False
             self.state.fire("reset", reason)
@@ -280,24 +289,24 @@ class Device:
         self._wake.set()
 
     async def _loop(self, shutdown: asyncio.Event) -> None:
+        # Each turn looks at what is wanted after clearing the wake-up, so a
+        # command that comes while it awaits (a teardown) ends the next wait.
         while not shutdown.is_set():
+            self._wake.clear()
             state = self.state.state
             if not self._want_running:
-                if state != IDLE:
-                    await self._teardown(graceful=True)
+                # Whatever the state (a reset leaves error for idle itself): close it all.
+                await self._teardown(graceful=True)
+                if self.state.state != IDLE:
                     self.state.fire("stop", "stop requested")
                 await self._sleep(None)
-                continue
-            if state == IDLE:
+            elif state == IDLE:
+                self.error, self._retry_at = None, None
                 self.state.fire("start", "service start" if self.s.service else "command line")
-            elif state == ERROR and self.error is not None:
+            elif self.error is not None:  # the device itself failed; the hardware is closed
                 if not self.s.service:
                     raise self.error
-                await self._teardown(graceful=False)
-                log.info("retrying after cooldown", seconds=self.s.error_cooldown)
-                if await self._sleep(self.s.error_cooldown) and self.state.state == ERROR:
-                    self.error = None
-                    self.state.fire("retry", f"{self.s.error_cooldown:g} s cooldown over")
+                await self._cool_down()
             else:
                 try:
                     if await self._supervise(shutdown):
@@ -305,18 +314,28 @@ class Device:
                 except StreamerError as exc:
                     self.error = exc
                     await self._teardown(graceful=False)
-                    if not self.state.fire("fail", exc.message):
+                    if self.state.allowed("fail"):
+                        self.state.fire("fail", exc.message)
+                    else:  # already in error for a destination's sake
                         self.state.reason = exc.message
                     log.error("device failed", reason=exc.message)
 
-    async def _sleep(self, seconds: float | None) -> bool:
-        """Wait, waking early on commands; True when the full time passed."""
-        self._wake.clear()
-        try:
+    async def _cool_down(self) -> None:
+        """Service mode, in error: wait ``error_cooldown``, then try again (``retry``)."""
+        now = self._clock()
+        if self._retry_at is None:
+            self._retry_at = now + self.s.error_cooldown
+            log.info("retrying after cooldown", seconds=self.s.error_cooldown)
+        if now < self._retry_at:
+            await self._sleep(self._retry_at - now)  # a command ends it early
+            return
+        self.error, self._retry_at = None, None
+        self.state.fire("retry", f"{self.s.error_cooldown:g} s cooldown over")
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Wait for ``seconds`` (None: for ever) or until woken (a command, a destination)."""
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            return True
-        return False
 
     async def _supervise(self, shutdown: asyncio.Event) -> bool:
         """Start capture and every destination; watch them. True when the duration is over."""
@@ -337,6 +356,7 @@ class Device:
         self._tasks = {d: asyncio.create_task(d.run(media)) for d in self.destinations}
         self._stats_at = self._clock()
         while not shutdown.is_set() and self._want_running:
+            self._wake.clear()
             now = self._clock()
             if self._deadline is not None and now >= self._deadline:
                 self._duration_reached = True

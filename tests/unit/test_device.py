@@ -1,0 +1,357 @@
+"""The device's lifecycle with a fake capture side and scripted servers, in milliseconds.
+
+What is checked is what a user sees: the device state's transitions and
+reasons, what each server received, what the encoder was told, what
+``run`` raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from streamer.device import Device, derived_state
+from streamer.exc import ConnectFailed, DeliveryFailed, DeviceError, PublishRejected
+from streamer.net.bitrate import BitrateController
+from streamer.settings import Settings
+from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, STATES
+from tests.lifecycle_fakes import FakeClock, FakeServer, Pipelines, Plan, publishers, until
+
+A, B = "rtmp://a.test/live/KeyA1", "rtmp://b.test/live/KeyB2"
+REFUSED = ConnectFailed("could not connect to a.test:1935: connection refused")
+UNAUTHORIZED = PublishRejected("NetStream.Publish.Unauthorized", "wrong stream key")
+CAMERA_GONE = DeviceError("video capture failed: camera unplugged")
+TICK = 0.002
+
+
+def quick(*urls: str, **overrides: Any) -> Settings:
+    """Settings whose waits take milliseconds."""
+    values: dict[str, Any] = {
+        "urls": list(urls) or [A],
+        "microphone": "none",
+        "reconnect_delay": 0.001,
+        "reconnect_max_delay": 0.002,
+        "error_cooldown": 0.03,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@dataclass
+class Run:
+    device: Device
+    pipelines: Pipelines
+    servers: dict[str, FakeServer]
+    task: asyncio.Task[None]
+    shutdown: asyncio.Event
+    heard: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def transitions(self) -> list[str]:
+        return [f"{old}->{new}" for old, new, _ in self.heard]
+
+    def reasons(self, new: str) -> list[str]:
+        return [reason for _, to, reason in self.heard if to == new]
+
+    async def outcome(self, timeout: float = 2.0) -> BaseException | None:
+        """How ``run`` ended: None, or what it raised."""
+        async with asyncio.timeout(timeout):
+            await asyncio.wait({self.task})
+        return self.task.exception()
+
+    async def until_state(self, state: str, timeout: float = 2.0) -> None:
+        await until(lambda: self.device.state.state == state, state, timeout)
+
+
+@asynccontextmanager
+async def running(
+    s: Settings,
+    clock: FakeClock | None = None,
+    pipelines: Pipelines | None = None,
+    **servers: FakeServer,
+) -> AsyncIterator[Run]:
+    """A device with fake capture and one scripted server per destination (by host)."""
+    for target in s.destinations:
+        servers.setdefault(target.name.replace(".", "_"), FakeServer())
+    pipelines = pipelines or Pipelines()
+    device = Device(
+        s,
+        pipeline_factory=pipelines,
+        publisher_factory=publishers(**servers),
+        clock=clock or FakeClock(),
+        tick=TICK,
+    )
+    heard: list[tuple[str, str, str]] = []
+    device.subscribe(lambda old, new, reason: heard.append((old, new, reason)))
+    shutdown = asyncio.Event()
+    task = asyncio.create_task(device.run(shutdown))
+    run = Run(device, pipelines, servers, task, shutdown, heard)
+    try:
+        yield run
+    finally:
+        shutdown.set()
+        await asyncio.wait({task}, timeout=2)  # a test that failed must not hang
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def scenario(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    def run() -> None:
+        asyncio.run(test())
+
+    run.__name__ = test.__name__
+    return run
+
+
+# -- the device state from its destinations' --------------------------------------
+
+# Rows: the first destination's state; columns: the second's (STATES order:
+# idle, preparing, live, reconnecting, error).
+DERIVED = {
+    IDLE: [PREPARING, PREPARING, PREPARING, RECONNECTING, ERROR],
+    PREPARING: [PREPARING, PREPARING, PREPARING, RECONNECTING, ERROR],
+    LIVE: [PREPARING, PREPARING, LIVE, RECONNECTING, ERROR],
+    RECONNECTING: [RECONNECTING, RECONNECTING, RECONNECTING, RECONNECTING, ERROR],
+    ERROR: [ERROR, ERROR, ERROR, ERROR, ERROR],
+}
+
+
+@pytest.mark.parametrize(("first", "second"), list(itertools.product(STATES, STATES)))
+def test_the_device_state_for_two_destinations(first: str, second: str) -> None:
+    assert derived_state([first, second]) == DERIVED[first][STATES.index(second)]
+
+
+@pytest.mark.parametrize("one", STATES)
+def test_one_destination_gives_its_state_except_idle(one: str) -> None:
+    assert derived_state([one]) == (PREPARING if one == IDLE else one)
+
+
+@scenario
+async def test_one_destination_drops_and_comes_back_live_reconnecting_live() -> None:
+    back = asyncio.Event()
+    b = FakeServer(Plan(), Plan(fail=REFUSED), Plan(hold=back))
+    async with running(quick(A, B), b_test=b) as run:
+        await run.until_state(LIVE)
+        b.drop()
+        await until(lambda: len(b.attempts) == 3, "b's second reconnect attempt")
+        assert run.device.state.state == RECONNECTING
+        back.set()
+        await run.until_state(LIVE)
+        assert run.transitions == [
+            "idle->preparing",
+            "preparing->live",
+            "live->reconnecting",
+            "reconnecting->live",
+        ]
+        assert run.reasons(RECONNECTING) == ["a.test live, b.test reconnecting"]
+        assert run.reasons(LIVE)[-1] == "a.test live, b.test live"
+        assert len(run.servers["a_test"].attempts) == 1  # a never noticed
+    assert run.transitions[-1] == "live->idle"
+
+
+@scenario
+async def test_service_one_destination_refused_is_a_device_error_until_it_is_back() -> None:
+    asked = asyncio.Event()
+    b = FakeServer(Plan(hold=asked, fail=UNAUTHORIZED))
+    async with running(quick(A, B, service=True), b_test=b) as run:
+        await until(lambda: run.device.destinations[0].state == LIVE, "a live")
+        asked.set()
+        await run.until_state(ERROR)
+        assert run.reasons(ERROR) == ["a.test live, b.test error"]
+        await until(lambda: len(b.publishes) == 1, "b published after the cooldown")
+        await run.until_state(LIVE)
+        assert run.transitions == [
+            "idle->preparing",
+            "preparing->error",
+            "error->preparing",
+            "preparing->live",
+        ]
+        assert len(run.pipelines.made) == 1  # the capture side stayed up
+        assert len(run.servers["a_test"].attempts) == 1
+
+
+# -- CLI mode -------------------------------------------------------------------
+
+
+@scenario
+async def test_cli_a_first_connection_that_fails_ends_the_run_with_its_reason() -> None:
+    async with running(quick(), a_test=FakeServer(Plan(fail=REFUSED))) as run:
+        error = await run.outcome()
+    assert error is REFUSED
+    assert run.transitions == ["idle->preparing", "preparing->error", "error->idle"]
+    assert run.reasons(ERROR) == [REFUSED.message]
+    assert run.pipelines.made[0].stopped
+
+
+@scenario
+async def test_cli_a_refused_publish_ends_the_run_with_the_servers_words() -> None:
+    async with running(quick(), a_test=FakeServer(Plan(fail=UNAUTHORIZED))) as run:
+        error = await run.outcome()
+    assert error is UNAUTHORIZED
+    assert "wrong stream key" in run.reasons(ERROR)[0]
+
+
+@scenario
+async def test_cli_gives_up_after_max_reconnects() -> None:
+    a = FakeServer(Plan(lose_after=3), *[Plan(fail=REFUSED)] * 3)
+    async with running(quick(max_reconnects=2), a_test=a) as run:
+        error = await run.outcome()
+    assert error is not None and str(error).startswith("gave up after 2 reconnect attempts")
+    assert run.transitions == [
+        "idle->preparing",
+        "preparing->live",
+        "live->reconnecting",
+        "reconnecting->error",
+        "error->idle",
+    ]
+
+
+# -- the capture side fails -------------------------------------------------------
+
+
+@scenario
+async def test_cli_a_hardware_failure_ends_the_run() -> None:
+    async with running(quick()) as run:
+        await run.until_state(LIVE)
+        run.pipelines.made[0].fail = CAMERA_GONE
+        error = await run.outcome()
+    assert error is CAMERA_GONE
+    assert run.transitions[-2:] == ["live->error", "error->idle"]
+    assert run.reasons(ERROR) == [CAMERA_GONE.message]
+
+
+@scenario
+async def test_service_a_hardware_failure_is_an_error_then_a_new_pipeline_after_the_cooldown() -> (
+    None
+):
+    clock = FakeClock()
+    async with running(quick(service=True, error_cooldown=0.05), clock) as run:
+        await run.until_state(LIVE)
+        first = run.pipelines.made[0]
+        first.fail = CAMERA_GONE
+        await run.until_state(ERROR)
+        failed_at = clock()
+        assert first.stopped  # hardware closed while in error
+        assert run.servers["a_test"].publishes[0].closed
+        await run.until_state(LIVE)
+        assert clock() - failed_at >= 0.05
+        assert len(run.pipelines.made) == 2 and run.pipelines.made[1].started
+        assert run.transitions == [
+            "idle->preparing",
+            "preparing->live",
+            "live->error",
+            "error->preparing",
+            "preparing->live",
+        ]
+        assert run.reasons(PREPARING)[-1] == "0.05 s cooldown over"
+
+
+# -- duration, bitrate, stop ------------------------------------------------------
+
+
+@scenario
+async def test_a_timed_run_ends_after_its_duration_and_succeeds_when_the_server_had_it() -> None:
+    clock = FakeClock()
+    async with running(quick(duration=60), clock) as run:
+        await run.until_state(LIVE)
+        a = run.servers["a_test"]
+        await until(lambda: len(a.frames) >= 10, "ten frames")  # many ticks
+        assert not run.task.done()
+        clock.advance(60)
+        assert await run.outcome() is None
+    assert a.frames[-1][2] == b"flush"
+    assert a.publishes[-1].unpublished
+    assert run.transitions == ["idle->preparing", "preparing->live", "live->idle"]
+
+
+@scenario
+async def test_a_timed_run_whose_server_acknowledged_nothing_fails() -> None:
+    clock = FakeClock()
+    async with running(quick(duration=60), clock, a_test=FakeServer(Plan(acks=False))) as run:
+        await until(lambda: len(run.servers["a_test"].frames) >= 10, "ten frames")
+        clock.advance(60)
+        error = await run.outcome()
+    assert isinstance(error, DeliveryFailed)
+    assert error.message.startswith("only 0 of ")
+
+
+class FixedBitrate(BitrateController):
+    """A controller that proposes what the test says."""
+
+    def update(self, now: float, bytes_accepted_total: int, queue_ms: int) -> int | None:
+        return None
+
+
+@scenario
+async def test_the_encoder_follows_the_slowest_live_destination() -> None:
+    b = FakeServer(Plan(), Plan(hold=asyncio.Event()))  # b's reconnect waits for ever
+    async with running(quick(A, B), b_test=b) as run:
+        a_rate, b_rate = FixedBitrate(max_kbps=2500), FixedBitrate(max_kbps=2500)
+        run.device.destinations[0].bitrate = a_rate
+        run.device.destinations[1].bitrate = b_rate
+        a_rate.target_kbps, b_rate.target_kbps = 1800, 900
+        await run.until_state(LIVE)
+        video = run.pipelines.made[0].video
+        await until(lambda: video.bitrates[-1:] == [900], "b's 900 kbit/s")
+        b.drop()
+        await run.until_state(RECONNECTING)
+        b_rate.target_kbps, a_rate.target_kbps = 300, 1700  # b is not live: not heard
+        await until(lambda: video.bitrates[-1:] == [1700], "a's 1700 kbit/s")
+        assert 300 not in video.bitrates
+        assert run.device.numbers()["target_kbps"] == 1700
+
+
+@scenario
+async def test_stopping_drains_what_the_encoders_flushed_and_unpublishes() -> None:
+    async with running(quick(A, B)) as run:
+        await run.until_state(LIVE)
+        await until(lambda: len(run.servers["b_test"].frames) >= 3, "frames")
+    for server in run.servers.values():
+        assert server.frames[-1][2] == b"flush"
+        assert server.publishes[-1].unpublished
+    assert run.pipelines.made[0].stopped
+    assert run.transitions[-1] == "live->idle"
+
+
+# -- commands ---------------------------------------------------------------------
+
+
+@scenario
+async def test_a_start_while_a_stop_tears_down_is_not_lost() -> None:
+    async with running(quick(), pipelines=Pipelines(stop_delay=0.02)) as run:
+        await run.until_state(LIVE)
+        run.device.stop("test")
+        await until(lambda: run.pipelines.made[0].stopping, "the capture side stopping")
+        run.device.start("test")
+        await until(lambda: len(run.pipelines.made) == 2, "a second pipeline")
+        await run.until_state(LIVE)
+        assert run.transitions[-2:] == ["idle->preparing", "preparing->live"]
+
+
+@scenario
+async def test_reset_from_a_destinations_error_closes_everything() -> None:
+    a = FakeServer(Plan(fail=UNAUTHORIZED))
+    async with running(quick(service=True, error_cooldown=30), a_test=a) as run:
+        await run.until_state(ERROR)
+        run.device.reset("button held")
+        await run.until_state(IDLE)
+        pipeline = run.pipelines.made[0]
+        await until(lambda: pipeline.stopped, "the capture side closed")
+        await until(lambda: run.device.destinations[0].state == IDLE, "the destination stopped")
+        assert len(a.attempts) == 1
+
+
+@scenario
+async def test_start_in_error_tries_again_now() -> None:
+    a = FakeServer(Plan(fail=UNAUTHORIZED))
+    async with running(quick(service=True, error_cooldown=30), a_test=a) as run:
+        await run.until_state(ERROR)
+        run.device.start("status page")
+        await run.until_state(LIVE, timeout=0.5)
+        assert "start requested by status page" in run.reasons(PREPARING)
