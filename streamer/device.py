@@ -4,7 +4,18 @@ The capture side (``pipeline.py``) fills every destination's send queue from
 its own threads; each ``Destination`` connects, publishes and reconnects on
 its own. The device state is derived from theirs (see ``derived_state``), the
 encoder's bitrate follows the slowest live one, and service mode never gives
-up. Use it from Python as an async context manager (README: Use from Python).
+up.
+
+From Python::
+
+    async with Device(Settings(urls=["rtmp://host/app/key"])) as device:
+        device.subscribe(lambda old, new, reason: print(new, reason))
+        ...  # device.snapshot(), device.stop(), device.start()
+
+Every method is for the event loop the device runs on (listeners are called
+there too); another thread hands its calls over with ``call_threadsafe``.
+Several devices can run in one process: each one's log lines carry its own
+state and hide its own stream keys (``log.device_context``).
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -24,7 +35,7 @@ from streamer.encode.camera import CameraEncoder
 from streamer.encode.filters import FilterChain
 from streamer.encode.h264 import H264Encoder
 from streamer.encode.select import ready_config
-from streamer.exc import DeviceError, StreamerError
+from streamer.exc import DeviceError, PublishRejected, StreamerError
 from streamer.media import AudioConfig, VideoConfig
 from streamer.pipeline import Fanout, Pipeline
 from streamer.record import Recorder
@@ -32,6 +43,8 @@ from streamer.settings import Settings
 from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, DeviceState, Listener
 
 log = structlog.get_logger("streamer")
+
+T = TypeVar("T")
 
 STATS_INTERVAL = 5.0
 TICK = 0.5  # seconds between looks at the pipeline, the bitrate and the clock
@@ -116,6 +129,15 @@ class Device:
     Waits (backoff delays, cooldowns) are real sleeps of the configured
     seconds. ``first_session_ms`` starts the first session's clock near a
     boundary.
+
+    Threads: ``start``, ``stop``, ``toggle``, ``reset``, ``subscribe``,
+    ``snapshot`` and ``numbers`` read and change state that the event loop
+    owns, without locks: call them on the device's loop. From another
+    thread (a GUI, a web framework's worker) use
+    ``device.call_threadsafe(device.stop, "gui")``, which runs the call on
+    the loop and returns its result, or ``loop.call_soon_threadsafe(device.stop,
+    "gui")`` when the result does not matter (what the GPIO button does).
+    Listeners run on the loop: one that touches a GUI hands over itself.
     """
 
     def __init__(
@@ -130,6 +152,8 @@ class Device:
         first_session_ms: int = 0,
     ) -> None:
         self.s = settings
+        # This device's stream keys: hidden in the lines its code logs (device_context).
+        self._redactor = logsetup.Redactor(t.url.key for t in settings.destinations)
         self._clock = clock
         self._tick = tick
         self._pipeline_factory = pipeline_factory
@@ -158,7 +182,7 @@ class Device:
         self._stats_at = 0.0
         self._shutdown: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
-        logsetup.set_state_provider(lambda: self.state.state)
+        self._event_loop: asyncio.AbstractEventLoop | None = None  # the one run runs on
 
     # -- what it is doing: stats line, /status, /metrics -----------------------
 
@@ -190,16 +214,23 @@ class Device:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything /status shows (URLs with their keys redacted)."""
+        """Everything /status shows (URLs and reasons with this device's keys redacted).
+
+        A reason may hold a server's own words, which may repeat the key.
+        """
+        redact = self._redactor.redact
+        destinations = [d.numbers() for d in self.destinations]
+        for numbers in destinations:
+            numbers["reason"] = redact(numbers["reason"])
         return {
             "state": self.state.state,
-            "reason": self.state.reason,
+            "reason": redact(self.state.reason),
             "since": datetime.fromtimestamp(self.state.since_wall).astimezone().isoformat(),
             "uptime_s": round(self._clock() - self.started, 1),
             "resolution": f"{self.s.width}x{self.s.height}",
             "url": self.s.url.redacted,
             **self.numbers(),
-            "destinations": [d.numbers() for d in self.destinations],
+            "destinations": destinations,
         }
 
     def subscribe(self, listener: Listener) -> None:
@@ -216,6 +247,7 @@ class Device:
         return True
 
     # -- commands (button, status page, Python): called on the event loop -------
+    # Each logs (and fires transitions) as this device, whoever calls it.
 
     def toggle(self, by: str = "python") -> None:
         """Start when idle, stop otherwise (the button's short press)."""
@@ -226,29 +258,60 @@ class Device:
 
     def start(self, by: str = "python") -> None:
         """Stream: from idle; in error, try again now instead of after the cooldown."""
-        self._want_running = True
-        log.info("start requested", by=by)
-        if self.state.state == ERROR:
-            reason = f"start requested by {by}"
-            self.error = None
-            self._retry_at = None
-            for d in self.destinations:
-                d.retry_now(reason)
-            self.state.fire("retry", reason)
-        self._wake.set()
+        with self._logging():
+            self._want_running = True
+            log.info("start requested", by=by)
+            if self.state.state == ERROR:
+                reason = f"start requested by {by}"
+                self.error = None
+                self._retry_at = None
+                for d in self.destinations:
+                    d.retry_now(reason)
+                self.state.fire("retry", reason)
+            self._wake.set()
 
     def stop(self, by: str = "python") -> None:
         """Stop streaming: unpublish (sending what is queued first), close the hardware."""
-        self._want_running = False
-        log.info("stop requested", by=by)
-        self._wake.set()
+        with self._logging():
+            self._want_running = False
+            log.info("stop requested", by=by)
+            self._wake.set()
 
     def reset(self, reason: str) -> None:
         """In error: forget it and stay idle (the button held 3 s)."""
-        if self.state.state == ERROR:
-            self._want_running = False
-            self.state.fire("reset", reason)
-            self._wake.set()
+        with self._logging():
+            if self.state.state == ERROR:
+                self._want_running = False
+                self.state.fire("reset", reason)
+                self._wake.set()
+
+    def call_threadsafe(self, command: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
+        """From another thread: run ``command(*args)`` on the device's loop; its result.
+
+        ``device.call_threadsafe(device.stop, "gui")``,
+        ``device.call_threadsafe(device.snapshot)``. Blocks until the loop ran
+        it (at most ``timeout`` s: TimeoutError). RuntimeError when the
+        device is not running, or when called on its own loop (call the
+        method directly there).
+        """
+        loop = self._event_loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the device is not running: nothing to hand the call to")
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs in this thread: the usual case
+            here = None
+        if here is loop:  # waiting here for the loop to run it would never end
+            raise RuntimeError("on the device's own event loop: call the method directly")
+
+        async def call() -> T:
+            return command(*args)
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout)
+
+    def _logging(self) -> contextlib.AbstractContextManager[None]:
+        """Log lines carry this device's state and hide its keys."""
+        return logsetup.device_context(lambda: self.state.state, self._redactor)
 
     # -- Python: async with Device(settings) as device --------------------------
 
@@ -267,11 +330,19 @@ class Device:
     async def run(self, shutdown: asyncio.Event) -> None:
         """Drive the device until ``shutdown`` (or, in CLI mode, the end of the stream).
 
-        Raises the StreamerError that ended a CLI run; service mode never
-        gives up on its own.
+        Raises the StreamerError that ended a CLI run (its message without
+        this device's keys); service mode never gives up on its own. Every
+        task it starts logs as this device (``log.device_context``).
         """
-        for d in self.destinations:
-            logsetup.add_secret(d.target.url.key)
+        self._event_loop = asyncio.get_running_loop()
+        with self._logging():
+            try:
+                await self._run(shutdown)
+            except StreamerError as exc:
+                _scrub(exc, self._redactor)
+                raise
+
+    async def _run(self, shutdown: asyncio.Event) -> None:
         watcher = asyncio.create_task(self._relay(shutdown))
         try:
             await self._loop(shutdown)
@@ -441,6 +512,14 @@ class Device:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+
+def _scrub(exc: StreamerError, redactor: logsetup.Redactor) -> None:
+    """An error about to leave the device, without its keys (a server's words may hold one)."""
+    exc.message = redactor.redact(exc.message)
+    exc.args = (exc.message,)
+    if isinstance(exc, PublishRejected):
+        exc.description = redactor.redact(exc.description)
 
 
 def _ready_config(video: VideoEncoder, timeout: float) -> VideoConfig:

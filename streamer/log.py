@@ -1,53 +1,127 @@
 """Logging: structlog everywhere, stdlib logs through the same renderer, secrets redacted.
 
-Secrets (the stream key) are registered once with ``add_secret``; the last
-processor replaces them in every rendered line, whichever field or library
-they came from. Under journald each line starts with its syslog priority
-(``<3>`` for an error), which journald's stdout stream reads by default
-(``SyslogLevelPrefix=yes``), so ``journalctl -p err`` finds errors. Python
-warnings (gpiozero's, say) go through the same lines.
+Every line belongs to the device whose code wrote it: ``device_context``
+(entered by ``Device.run``, so that every task it starts inherits it) names
+the device's state provider and its ``Redactor``, through context variables,
+so two devices in one process each show their own state and hide their own
+stream keys. Lines that belong to no device (a thread that did not copy the
+context, the application's own code) are redacted with the secrets of every
+device still alive: we cannot tell whose they are, and a key must not show.
+Secrets of the process itself (the config file's key file) are registered
+with ``add_secret`` and hidden everywhere. The last processor replaces them
+in every rendered line, whichever field or library they came from. Under
+journald each line starts with its syslog priority (``<3>`` for an error),
+which journald's stdout stream reads by default (``SyslogLevelPrefix=yes``),
+so ``journalctl -p err`` finds errors. Python warnings (gpiozero's, say) go
+through the same lines.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
 
-_secrets: set[str] = set()
+_secrets: set[str] = set()  # the process's own (add_secret): hidden in every line
 REDACTED = "***"
 
 
+def _parts(secret: str) -> list[str]:
+    """A secret and its part before a query string; very short ones would hide words."""
+    return [part for part in {secret, secret.split("?", 1)[0]} if len(part) >= 3]
+
+
 def add_secret(secret: str) -> None:
-    """Never print ``secret`` (nor its part before a query string)."""
-    for part in (secret, secret.split("?", 1)[0]):
-        if len(part) >= 3:
-            _secrets.add(part)
+    """Never print ``secret`` (nor its part before a query string), whoever logs it."""
+    _secrets.update(_parts(secret))
+
+
+class Redactor:
+    """One device's secrets (its stream keys).
+
+    Lines written by the device's code are redacted with them (see
+    ``device_context``); while the redactor is alive, so are lines that
+    belong to no device.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets: frozenset[str] = frozenset()
+        for secret in secrets:
+            self.add(secret)
+        _alive.add(self)
+
+    def add(self, secret: str) -> None:
+        self.secrets = self.secrets | frozenset(_parts(secret))
+
+    def redact(self, text: str) -> str:
+        """``text`` with this redactor's secrets and the process's replaced."""
+        return _redact_with(frozenset(_secrets) | self.secrets, text)
+
+
+_alive: weakref.WeakSet[Redactor] = weakref.WeakSet()
+_state_var: ContextVar[Callable[[], str] | None] = ContextVar("streamer_state", default=None)
+_redactor_var: ContextVar[Redactor | None] = ContextVar("streamer_redactor", default=None)
+
+
+@contextlib.contextmanager
+def device_context(state: Callable[[], str], redactor: Redactor) -> Iterator[None]:
+    """Lines logged inside (and in tasks started inside) carry ``state()`` and hide its secrets.
+
+    Threads do not inherit it: a thread started here should run its body in
+    ``contextvars.copy_context()`` taken when it is made.
+    """
+    state_token = _state_var.set(state)
+    redactor_token = _redactor_var.set(redactor)
+    try:
+        yield
+    finally:
+        _redactor_var.reset(redactor_token)
+        _state_var.reset(state_token)
 
 
 def redact(text: str) -> str:
-    """Replace every registered secret that stands as a token of its own.
+    """Replace every secret that stands as a token of its own.
 
+    The secrets are the process's and those of the device whose code runs
+    (``device_context``), or of every device alive outside any device's code.
     A short key such as ``cam`` is still a key in ``/live/cam`` but not in
     ``picamera2``: secrets are matched only where no letter or digit touches
     them, so logs stay readable whatever the key looks like.
     """
-    if not _secrets:
+    redactor = _redactor_var.get()
+    if redactor is not None:
+        return redactor.redact(text)
+    secrets = set(_secrets)
+    for each in list(_alive):
+        secrets |= each.secrets
+    return _redact_with(frozenset(secrets), text)
+
+
+def _redact_with(secrets: frozenset[str], text: str) -> str:
+    if not secrets:
         return text
-    pattern = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
-    return re.sub(rf"(?<![A-Za-z0-9])(?:{pattern})(?![A-Za-z0-9])", REDACTED, text)
+    return _pattern(secrets).sub(REDACTED, text)
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str]:
+    # Longest first, so that a key with a query string goes whole, not its first part.
+    alternatives = "|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
 
 
 def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> Any:
     return redact(rendered) if isinstance(rendered, str) else rendered
 
-
-_state: Callable[[], str] | None = None
 
 # Python's levels as syslog priorities, the <N> prefix journald reads.
 PRIORITIES = (
@@ -104,14 +178,18 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
 
 
 def set_state_provider(provider: Callable[[], str] | None) -> None:
-    """Every log line carries the device state this returns (idle, live, ...)."""
-    global _state
-    _state = provider
+    """Lines logged from here on, in this context, carry the state ``provider`` returns.
+
+    For code that logs outside any device (tests, a program of its own);
+    ``Device.run`` uses ``device_context`` instead.
+    """
+    _state_var.set(provider)
 
 
 def _add_state(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    if _state is not None and "state" not in event:
-        event["state"] = _state()
+    provider = _state_var.get()
+    if provider is not None and "state" not in event:
+        event["state"] = provider()
     return event
 
 

@@ -8,14 +8,19 @@ reasons, what each server received, what the encoder was told, what
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
-from collections.abc import AsyncIterator, Callable, Coroutine
+import json
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import structlog
 
+from streamer import log as logsetup
 from streamer.device import Device, derived_state
 from streamer.exc import ConnectFailed, DeliveryFailed, DeviceError, PublishRejected
 from streamer.net.bitrate import BitrateController
@@ -355,3 +360,106 @@ async def test_start_in_error_tries_again_now() -> None:
         run.device.start("status page")
         await run.until_state(LIVE, timeout=0.5)
         assert "start requested by status page" in run.reasons(PREPARING)
+
+
+# -- two devices in one process -------------------------------------------------
+
+
+@pytest.fixture
+def log_lines() -> Iterator[io.StringIO]:
+    """Every log line as JSON, here; plain lines on stderr again afterwards."""
+    out = io.StringIO()
+    logsetup.configure("info", "json", stream=out)
+    yield out
+    logsetup.configure("info", "plain")
+
+
+def test_two_devices_log_their_own_state_and_never_a_key(log_lines: io.StringIO) -> None:
+    """One live, one in error for a server that repeats its key in its refusal."""
+    refusal = PublishRejected("NetStream.Publish.Unauthorized", "stream KeyB2 is not allowed")
+
+    async def test() -> None:
+        async with (
+            running(quick(A), pipelines=Pipelines(log_as="a")) as a,
+            running(
+                quick(B, service=True, error_cooldown=30),
+                pipelines=Pipelines(log_as="b"),
+                b_test=FakeServer(Plan(fail=refusal)),
+            ) as b,
+        ):
+            await a.until_state(LIVE)
+            await b.until_state(ERROR)
+            seen = len(log_lines.getvalue())
+            await until(lambda: log_lines.getvalue().count('"device": "b"', seen) >= 5, "b")
+            await until(lambda: log_lines.getvalue().count('"device": "a"', seen) >= 5, "a")
+            # Outside any device: a thread that did not copy a device's context.
+            outsider = threading.Thread(
+                target=lambda: structlog.get_logger("t").warning("outsider", a=A, b=B)
+            )
+            outsider.start()
+            outsider.join()
+            assert "KeyB2" not in str(b.device.snapshot())
+            b.device.stop("test")
+            await b.until_state(IDLE)
+
+    asyncio.run(test())
+    text = log_lines.getvalue()
+    assert "KeyA1" not in text and "KeyB2" not in text
+    records = [json.loads(line) for line in text.splitlines()]
+    states = {name: [r["state"] for r in records if r.get("device") == name] for name in ("a", "b")}
+    assert set(states["a"]) <= {PREPARING, LIVE} and states["a"][-5:] == [LIVE] * 5
+    assert set(states["b"]) <= {PREPARING, ERROR} and states["b"][-5:] == [ERROR] * 5
+    connects = [r for r in records if r["event"] == "fake connect"]
+    assert sorted(r["url"] for r in connects) == [
+        "rtmp://a.test/live/***",
+        "rtmp://b.test/live/***",
+    ]
+    assert {r["state"] for r in connects} == {PREPARING}
+    refused = next(r for r in records if r["event"] == "destination failed")
+    assert refused["reason"].endswith("(stream *** is not allowed)")
+    stopped = next(r for r in records if r["event"] == "stop requested")
+    assert stopped["state"] == ERROR  # b's, though the test's own code asked
+    outsider = next(r for r in records if r["event"] == "outsider")
+    assert "state" not in outsider
+    assert (outsider["a"], outsider["b"]) == ("rtmp://a.test/live/***", "rtmp://b.test/live/***")
+
+
+@scenario
+async def test_an_error_that_leaves_the_device_does_not_carry_its_key() -> None:
+    refusal = PublishRejected("NetStream.Publish.Unauthorized", "stream KeyA1 is not allowed")
+    async with running(quick(), a_test=FakeServer(Plan(fail=refusal))) as run:
+        error = await run.outcome()
+    assert isinstance(error, PublishRejected)
+    assert "KeyA1" not in str(error) and "KeyA1" not in error.description
+    assert str(error) == error.message
+    assert error.message.endswith("(stream *** is not allowed)")
+
+
+# -- threads --------------------------------------------------------------------
+
+
+@scenario
+async def test_a_thread_calls_the_device_through_call_threadsafe() -> None:
+    async with running(quick()) as run:
+        await run.until_state(LIVE)
+        device = run.device
+        with pytest.raises(RuntimeError, match="call the method directly"):
+            device.call_threadsafe(device.snapshot)
+        results: list[Any] = []
+
+        def app_thread() -> None:
+            results.append(device.call_threadsafe(device.snapshot)["state"])
+            results.append(device.call_threadsafe(device.stop, "gui"))
+
+        thread = threading.Thread(target=app_thread)
+        thread.start()
+        await run.until_state(IDLE)
+        await asyncio.to_thread(thread.join)
+        assert results == [LIVE, None]
+        assert "stop requested" in run.reasons(IDLE)
+
+
+def test_call_threadsafe_needs_a_running_device() -> None:
+    device = Device(quick(), pipeline_factory=Pipelines(), publisher_factory=publishers())
+    with pytest.raises(RuntimeError, match="not running"):
+        device.call_threadsafe(device.snapshot)
