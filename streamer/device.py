@@ -152,12 +152,14 @@ class Device:
         first_session_ms: int = 0,
     ) -> None:
         self.s = settings
-        # This device's stream keys: hidden in the lines its code logs (device_context).
-        self._redactor = logsetup.Redactor(t.url.key for t in settings.destinations)
         self._clock = clock
         self._tick = tick
         self._pipeline_factory = pipeline_factory
         self.state = state or DeviceState(clock=clock)
+        # What the lines this device's code logs carry: its state, its keys hidden.
+        self._log = logsetup.DeviceLog(
+            lambda: self.state.state, (t.url.key for t in settings.destinations)
+        )
         self.destinations = [
             Destination(
                 target,
@@ -218,7 +220,7 @@ class Device:
 
         A reason may hold a server's own words, which may repeat the key.
         """
-        redact = self._redactor.redact
+        redact = self._log.redact
         destinations = [d.numbers() for d in self.destinations]
         for numbers in destinations:
             numbers["reason"] = redact(numbers["reason"])
@@ -311,7 +313,7 @@ class Device:
 
     def _logging(self) -> contextlib.AbstractContextManager[None]:
         """Log lines carry this device's state and hide its keys."""
-        return logsetup.device_context(lambda: self.state.state, self._redactor)
+        return logsetup.device_context(self._log)
 
     # -- Python: async with Device(settings) as device --------------------------
 
@@ -339,7 +341,7 @@ class Device:
             try:
                 await self._run(shutdown)
             except StreamerError as exc:
-                _scrub(exc, self._redactor)
+                _scrub(exc, self._log)
                 raise
 
     async def _run(self, shutdown: asyncio.Event) -> None:
@@ -514,12 +516,12 @@ class Device:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
-def _scrub(exc: StreamerError, redactor: logsetup.Redactor) -> None:
+def _scrub(exc: StreamerError, device: logsetup.DeviceLog) -> None:
     """An error about to leave the device, without its keys (a server's words may hold one)."""
-    exc.message = redactor.redact(exc.message)
+    exc.message = device.redact(exc.message)
     exc.args = (exc.message,)
     if isinstance(exc, PublishRejected):
-        exc.description = redactor.redact(exc.description)
+        exc.description = device.redact(exc.description)
 
 
 def _ready_config(video: VideoEncoder, timeout: float) -> VideoConfig:

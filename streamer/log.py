@@ -1,19 +1,20 @@
 """Logging: structlog everywhere, stdlib logs through the same renderer, secrets redacted.
 
-Every line belongs to the device whose code wrote it: ``device_context``
-(entered by ``Device.run``, so that every task it starts inherits it) names
-the device's state provider and its ``Redactor``, through context variables,
-so two devices in one process each show their own state and hide their own
-stream keys. Lines that belong to no device (a thread that did not copy the
-context, the application's own code) are redacted with the secrets of every
-device still alive: we cannot tell whose they are, and a key must not show.
-Secrets of the process itself (the config file's key file) are registered
-with ``add_secret`` and hidden everywhere. The last processor replaces them
-in every rendered line, whichever field or library they came from. Under
-journald each line starts with its syslog priority (``<3>`` for an error),
-which journald's stdout stream reads by default (``SyslogLevelPrefix=yes``),
-so ``journalctl -p err`` finds errors. Python warnings (gpiozero's, say) go
-through the same lines.
+Every line belongs to the device whose code wrote it. A device's
+``DeviceLog`` (its state and its stream keys) is made current by
+``device_context`` through a context variable: ``Device.run`` enters it, so
+every task it starts inherits it, and two devices in one process each show
+their own state on their lines and hide their own keys. A line written
+outside any device's context (a thread that did not copy the context, the
+application's own code) belongs to the only device alive when there is one;
+with several it carries no state and is redacted with all of their keys: we
+cannot tell whose it is, and no key may show. The process's own secrets
+(the config file's key file) are registered with ``add_secret`` and hidden
+in every line. The last processor replaces secrets in every rendered line,
+whichever field or library they came from. Under journald each line starts
+with its syslog priority (``<3>`` for an error), which journald's stdout
+stream reads by default (``SyslogLevelPrefix=yes``), so ``journalctl -p err``
+finds errors. Python warnings (gpiozero's, say) go through the same lines.
 """
 
 from __future__ import annotations
@@ -45,71 +46,69 @@ def add_secret(secret: str) -> None:
     _secrets.update(_parts(secret))
 
 
-class Redactor:
-    """One device's secrets (its stream keys).
+class DeviceLog:
+    """What one device's lines carry: its state (``state()``), and its secrets hidden."""
 
-    Lines written by the device's code are redacted with them (see
-    ``device_context``); while the redactor is alive, so are lines that
-    belong to no device.
-    """
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets: frozenset[str] = frozenset()
-        for secret in secrets:
-            self.add(secret)
+    def __init__(self, state: Callable[[], str], secrets: Iterable[str] = ()) -> None:
+        self.state = state
+        self.secrets = frozenset(part for secret in secrets for part in _parts(secret))
         _alive.add(self)
 
-    def add(self, secret: str) -> None:
-        self.secrets = self.secrets | frozenset(_parts(secret))
-
     def redact(self, text: str) -> str:
-        """``text`` with this redactor's secrets and the process's replaced."""
-        return _redact_with(frozenset(_secrets) | self.secrets, text)
+        """``text`` with this device's secrets and the process's replaced."""
+        return _redact_with(self.secrets | _secrets, text)
 
 
-_alive: weakref.WeakSet[Redactor] = weakref.WeakSet()
-_state_var: ContextVar[Callable[[], str] | None] = ContextVar("streamer_state", default=None)
-_redactor_var: ContextVar[Redactor | None] = ContextVar("streamer_redactor", default=None)
+# Every DeviceLog not yet garbage: whose are the lines of no device's context.
+_alive: weakref.WeakSet[DeviceLog] = weakref.WeakSet()
+_current: ContextVar[DeviceLog | None] = ContextVar("streamer_device_log", default=None)
+_state_override: ContextVar[Callable[[], str] | None] = ContextVar("streamer_state", default=None)
 
 
 @contextlib.contextmanager
-def device_context(state: Callable[[], str], redactor: Redactor) -> Iterator[None]:
-    """Lines logged inside (and in tasks started inside) carry ``state()`` and hide its secrets.
+def device_context(device: DeviceLog) -> Iterator[None]:
+    """Lines logged inside, and in tasks started inside, are ``device``'s.
 
-    Threads do not inherit it: a thread started here should run its body in
-    ``contextvars.copy_context()`` taken when it is made.
+    Threads do not inherit it (``asyncio.to_thread`` does): a thread should
+    run its body in the ``contextvars.copy_context()`` of the code that made it.
     """
-    state_token = _state_var.set(state)
-    redactor_token = _redactor_var.set(redactor)
+    token = _current.set(device)
     try:
         yield
     finally:
-        _redactor_var.reset(redactor_token)
-        _state_var.reset(state_token)
+        _current.reset(token)
+
+
+def _owner() -> DeviceLog | None:
+    """The device the current line belongs to: its context's, else the only one alive."""
+    device = _current.get()
+    if device is None:
+        alive = list(_alive)
+        if len(alive) == 1:
+            device = alive[0]
+    return device
 
 
 def redact(text: str) -> str:
     """Replace every secret that stands as a token of its own.
 
-    The secrets are the process's and those of the device whose code runs
-    (``device_context``), or of every device alive outside any device's code.
+    The secrets are the process's and those of the device the line belongs
+    to (with several devices alive and none of them writing: all of theirs).
     A short key such as ``cam`` is still a key in ``/live/cam`` but not in
     ``picamera2``: secrets are matched only where no letter or digit touches
     them, so logs stay readable whatever the key looks like.
     """
-    redactor = _redactor_var.get()
-    if redactor is not None:
-        return redactor.redact(text)
-    secrets = set(_secrets)
-    for each in list(_alive):
-        secrets |= each.secrets
-    return _redact_with(frozenset(secrets), text)
+    device = _owner()
+    if device is not None:
+        return device.redact(text)
+    secrets = frozenset(_secrets).union(*(each.secrets for each in list(_alive)))
+    return _redact_with(secrets, text)
 
 
-def _redact_with(secrets: frozenset[str], text: str) -> str:
+def _redact_with(secrets: frozenset[str] | set[str], text: str) -> str:
     if not secrets:
         return text
-    return _pattern(secrets).sub(REDACTED, text)
+    return _pattern(frozenset(secrets)).sub(REDACTED, text)
 
 
 @functools.lru_cache(maxsize=64)
@@ -181,15 +180,18 @@ def set_state_provider(provider: Callable[[], str] | None) -> None:
     """Lines logged from here on, in this context, carry the state ``provider`` returns.
 
     For code that logs outside any device (tests, a program of its own);
-    ``Device.run`` uses ``device_context`` instead.
+    ``Device`` uses ``device_context``. None: back to the device's state.
     """
-    _state_var.set(provider)
+    _state_override.set(provider)
 
 
 def _add_state(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    provider = _state_var.get()
-    if provider is not None and "state" not in event:
-        event["state"] = provider()
+    if "state" not in event:
+        provider = _state_override.get()
+        if provider is None and (device := _owner()) is not None:
+            provider = device.state
+        if provider is not None:
+            event["state"] = provider()
     return event
 
 

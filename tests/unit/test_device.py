@@ -8,6 +8,7 @@ reasons, what each server received, what the encoder was told, what
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import itertools
 import json
@@ -29,9 +30,21 @@ from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, STATES
 from tests.lifecycle_fakes import FakeClock, FakeServer, Pipelines, Plan, publishers, until
 
 A, B = "rtmp://a.test/live/KeyA1", "rtmp://b.test/live/KeyB2"
-REFUSED = ConnectFailed("could not connect to a.test:1935: connection refused")
-UNAUTHORIZED = PublishRejected("NetStream.Publish.Unauthorized", "wrong stream key")
-CAMERA_GONE = DeviceError("video capture failed: camera unplugged")
+# Made anew for each use: a raised exception keeps its traceback, and with it the device.
+
+
+def refused() -> ConnectFailed:
+    return ConnectFailed("could not connect to a.test:1935: connection refused")
+
+
+def unauthorized() -> PublishRejected:
+    return PublishRejected("NetStream.Publish.Unauthorized", "wrong stream key")
+
+
+def camera_gone() -> DeviceError:
+    return DeviceError("video capture failed: camera unplugged")
+
+
 TICK = 0.002
 
 
@@ -140,7 +153,7 @@ def test_one_destination_gives_its_state_except_idle(one: str) -> None:
 @scenario
 async def test_one_destination_drops_and_comes_back_live_reconnecting_live() -> None:
     back = asyncio.Event()
-    b = FakeServer(Plan(), Plan(fail=REFUSED), Plan(hold=back))
+    b = FakeServer(Plan(), Plan(fail=refused()), Plan(hold=back))
     async with running(quick(A, B), b_test=b) as run:
         await run.until_state(LIVE)
         b.drop()
@@ -163,7 +176,7 @@ async def test_one_destination_drops_and_comes_back_live_reconnecting_live() -> 
 @scenario
 async def test_service_one_destination_refused_is_a_device_error_until_it_is_back() -> None:
     asked = asyncio.Event()
-    b = FakeServer(Plan(hold=asked, fail=UNAUTHORIZED))
+    b = FakeServer(Plan(hold=asked, fail=unauthorized()))
     async with running(quick(A, B, service=True), b_test=b) as run:
         await until(lambda: run.device.destinations[0].state == LIVE, "a live")
         asked.set()
@@ -186,25 +199,25 @@ async def test_service_one_destination_refused_is_a_device_error_until_it_is_bac
 
 @scenario
 async def test_cli_a_first_connection_that_fails_ends_the_run_with_its_reason() -> None:
-    async with running(quick(), a_test=FakeServer(Plan(fail=REFUSED))) as run:
+    async with running(quick(), a_test=FakeServer(Plan(fail=refused()))) as run:
         error = await run.outcome()
-    assert error is REFUSED
+    assert isinstance(error, ConnectFailed) and str(error) == refused().message
     assert run.transitions == ["idle->preparing", "preparing->error", "error->idle"]
-    assert run.reasons(ERROR) == [REFUSED.message]
+    assert run.reasons(ERROR) == [refused().message]
     assert run.pipelines.made[0].stopped
 
 
 @scenario
 async def test_cli_a_refused_publish_ends_the_run_with_the_servers_words() -> None:
-    async with running(quick(), a_test=FakeServer(Plan(fail=UNAUTHORIZED))) as run:
+    async with running(quick(), a_test=FakeServer(Plan(fail=unauthorized()))) as run:
         error = await run.outcome()
-    assert error is UNAUTHORIZED
+    assert isinstance(error, PublishRejected) and error.code == "NetStream.Publish.Unauthorized"
     assert "wrong stream key" in run.reasons(ERROR)[0]
 
 
 @scenario
 async def test_cli_gives_up_after_max_reconnects() -> None:
-    a = FakeServer(Plan(lose_after=3), *[Plan(fail=REFUSED)] * 3)
+    a = FakeServer(Plan(lose_after=3), *[Plan(fail=refused())] * 3)
     async with running(quick(max_reconnects=2), a_test=a) as run:
         error = await run.outcome()
     assert error is not None and str(error).startswith("gave up after 2 reconnect attempts")
@@ -224,11 +237,11 @@ async def test_cli_gives_up_after_max_reconnects() -> None:
 async def test_cli_a_hardware_failure_ends_the_run() -> None:
     async with running(quick()) as run:
         await run.until_state(LIVE)
-        run.pipelines.made[0].fail = CAMERA_GONE
+        run.pipelines.made[0].fail = camera_gone()
         error = await run.outcome()
-    assert error is CAMERA_GONE
+    assert isinstance(error, DeviceError) and str(error) == camera_gone().message
     assert run.transitions[-2:] == ["live->error", "error->idle"]
-    assert run.reasons(ERROR) == [CAMERA_GONE.message]
+    assert run.reasons(ERROR) == [camera_gone().message]
 
 
 @scenario
@@ -239,7 +252,7 @@ async def test_service_a_hardware_failure_is_an_error_then_a_new_pipeline_after_
     async with running(quick(service=True, error_cooldown=0.05), clock) as run:
         await run.until_state(LIVE)
         first = run.pipelines.made[0]
-        first.fail = CAMERA_GONE
+        first.fail = camera_gone()
         await run.until_state(ERROR)
         failed_at = clock()
         assert first.stopped  # hardware closed while in error
@@ -341,7 +354,7 @@ async def test_a_start_while_a_stop_tears_down_is_not_lost() -> None:
 
 @scenario
 async def test_reset_from_a_destinations_error_closes_everything() -> None:
-    a = FakeServer(Plan(fail=UNAUTHORIZED))
+    a = FakeServer(Plan(fail=unauthorized()))
     async with running(quick(service=True, error_cooldown=30), a_test=a) as run:
         await run.until_state(ERROR)
         run.device.reset("button held")
@@ -354,7 +367,7 @@ async def test_reset_from_a_destinations_error_closes_everything() -> None:
 
 @scenario
 async def test_start_in_error_tries_again_now() -> None:
-    a = FakeServer(Plan(fail=UNAUTHORIZED))
+    a = FakeServer(Plan(fail=unauthorized()))
     async with running(quick(service=True, error_cooldown=30), a_test=a) as run:
         await run.until_state(ERROR)
         run.device.start("status page")
@@ -422,6 +435,24 @@ def test_two_devices_log_their_own_state_and_never_a_key(log_lines: io.StringIO)
     outsider = next(r for r in records if r["event"] == "outsider")
     assert "state" not in outsider
     assert (outsider["a"], outsider["b"]) == ("rtmp://a.test/live/***", "rtmp://b.test/live/***")
+
+
+def test_a_thread_of_the_only_device_alive_logs_as_that_device(log_lines: io.StringIO) -> None:
+    """A capture thread does not inherit the device's context; alone, the device is known."""
+    gc.collect()  # devices of earlier tests: gone
+
+    async def test() -> None:
+        async with running(quick()) as run:
+            await run.until_state(LIVE)
+            thread = threading.Thread(
+                target=lambda: structlog.get_logger("t").warning("capture thread", url=A)
+            )
+            thread.start()
+            await asyncio.to_thread(thread.join)
+
+    asyncio.run(test())
+    line = next(json.loads(x) for x in log_lines.getvalue().splitlines() if "capture thread" in x)
+    assert (line["state"], line["url"]) == (LIVE, "rtmp://a.test/live/***")
 
 
 @scenario
