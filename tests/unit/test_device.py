@@ -150,6 +150,33 @@ def test_one_destination_gives_its_state_except_idle(one: str) -> None:
     assert derived_state([one]) == (PREPARING if one == IDLE else one)
 
 
+# Where the state machine has no transition the device stays where it is: a
+# destination only leaves live or reconnecting for preparing through idle
+# (its task ended), and then the device fails or stops on the same turn.
+NO_PATH = {(LIVE, PREPARING), (RECONNECTING, PREPARING)}
+
+
+@pytest.mark.parametrize("current", [PREPARING, LIVE, RECONNECTING, ERROR])
+def test_the_device_state_follows_its_destinations_through_allowed_transitions(
+    current: str,
+) -> None:
+    device = Device(quick(A, B), pipeline_factory=Pipelines(), publisher_factory=publishers())
+    heard: list[str] = []
+    device.subscribe(lambda old, new, _: heard.append(f"{old}->{new}"))
+    for first, second in itertools.product(STATES, STATES):
+        device.state.machine.set_state(current)
+        device.destinations[0].state, device.destinations[1].state = first, second
+        target = derived_state([first, second])
+        heard.clear()
+        device._follow(target)
+        if current == target or (current, target) in NO_PATH:
+            assert (device.state.state, heard) == (current, [])
+            continue
+        assert device.state.state == target
+        assert heard[0].startswith(f"{current}->") and heard[-1].endswith(f"->{target}")
+        assert device.state.reason == f"a.test {first}, b.test {second}"
+
+
 @scenario
 async def test_one_destination_drops_and_comes_back_live_reconnecting_live() -> None:
     back = asyncio.Event()
