@@ -144,6 +144,7 @@ class Destination:
         self._running = False
         self._drain_until: float | None = None
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()  # set by stop: ends a connection attempt
         self._stats_at = 0.0
         self._stats_bytes = 0
         self._stats_frames = 0
@@ -193,10 +194,17 @@ class Destination:
     # -- running ------------------------------------------------------------------
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> Outbox:
-        """A new outbox for a new pipeline run (the counters carry on)."""
+        """A new outbox for a new pipeline run (the counters carry on); ``run`` may follow.
+
+        A ``stop`` from here on ends that run, even one that comes before
+        its task first ran.
+        """
         queue = SendQueue(drop_threshold_ms=self.s.drop_threshold_ms, counters=self.counters)
         queue.offline = True
         self.outbox = Outbox(queue, loop)
+        self._running = True
+        self._drain_until = None
+        self._stopped.clear()
         return self.outbox
 
     async def run(self, media: Media) -> None:
@@ -206,7 +214,8 @@ class Destination:
         first connection that fails, reconnects given up); service mode waits
         out ``error_cooldown`` and tries again instead.
         """
-        self._running = True
+        if not self._running:
+            return  # stopped before it began
         self._set(PREPARING, f"connecting to {self.target.url.redacted}")
         try:
             while self._running:
@@ -231,7 +240,8 @@ class Destination:
                 raise exc
             self._set(ERROR, exc.message)
             log.error("destination failed", destination=self.name, reason=exc.message)
-            if await self._sleep(self.s.error_cooldown):
+            await self._sleep(self.s.error_cooldown)
+            if self._running and self.state == ERROR:  # not ended early by retry_now or stop
                 self._set(PREPARING, f"{self.s.error_cooldown:g} s cooldown over")
             return
         if self.state == LIVE:
@@ -270,7 +280,8 @@ class Destination:
         assert self.outbox is not None
         publisher = self._factory(self.target, self.s)
         self.publisher = publisher
-        await publisher.connect()
+        if not await self._connect(publisher):
+            return  # stopped while connecting
         start_ms, self._first_session_ms = self._first_session_ms, 0
         session = Session(publisher, start_ms)
         await session.open(media.video, media.audio)
@@ -320,6 +331,26 @@ class Destination:
                 continue
             await publisher.flush()
 
+    async def _connect(self, publisher: Publisher) -> bool:
+        """Connect and publish; False when ``stop`` came first (the attempt is abandoned).
+
+        Nothing is published yet, so there is nothing to drain: a stop does
+        not wait for a server that takes its time (up to ``connect_timeout``).
+        """
+        connecting = asyncio.ensure_future(publisher.connect())
+        stopping = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.gather(connecting, return_exceptions=True)
+        if connecting.cancelled():
+            return False
+        connecting.result()  # raises what the attempt raised
+        return True
+
     def _write_batch(self, publisher: Publisher, session: Session, outbox: Outbox) -> int:
         written = 0
         while written < SEND_BATCH and publisher.has_room() and not session.ended:
@@ -351,6 +382,12 @@ class Destination:
         controller.update(now, publisher.bytes_delivered, outbox.depth_ms)
         return controller.target_kbps
 
+    def retry_now(self, reason: str) -> None:
+        """In error (waiting out the cooldown): try again now (a person asked)."""
+        if self.state == ERROR and self._running:
+            self._set(PREPARING, reason)
+            self._wake.set()
+
     def stop(self, drain: bool = False) -> None:
         """Stop sending; with ``drain``, first send what is queued (for DRAIN_ON_STOP at most).
 
@@ -360,6 +397,7 @@ class Destination:
         self._running = False
         self._drain_until = self._clock() + DRAIN_ON_STOP if drain else None
         self._wake.set()
+        self._stopped.set()
         if self.outbox is not None:
             self.outbox.ready.set()
 

@@ -4,27 +4,47 @@ The capture side (``pipeline.py``) fills every destination's send queue from
 its own threads; each ``Destination`` connects, publishes and reconnects on
 its own. The device state is derived from theirs (see ``derived_state``), the
 encoder's bitrate follows the slowest live one, and service mode never gives
-up. Use it from Python as an async context manager (README: Use from Python).
+up.
+
+From Python::
+
+    async with Device(Settings(urls=["rtmp://host/app/key"])) as device:
+        device.subscribe(lambda old, new, reason: print(new, reason))
+        ...  # device.snapshot(), device.stop(), device.start()
+
+Every method is for the event loop the device runs on (listeners are called
+there too); another thread hands its calls over with ``call_threadsafe``.
+Several devices can run in one process: each one's log lines carry its own
+state and hide its own stream keys (``log.device_context``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from streamer import log as logsetup
 from streamer.destination import Destination, Media, PublisherFactory, rtmp_publisher
+from streamer.encode.camera import CameraEncoder
+from streamer.encode.filters import FilterChain
+from streamer.encode.h264 import H264Encoder
 from streamer.encode.select import ready_config
-from streamer.exc import StreamerError
+from streamer.exc import DeviceError, PublishRejected, StreamerError
+from streamer.media import AudioConfig, VideoConfig
 from streamer.pipeline import Fanout, Pipeline
+from streamer.record import Recorder
 from streamer.settings import Settings
 from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, DeviceState, Listener
 
 log = structlog.get_logger("streamer")
+
+T = TypeVar("T")
 
 STATS_INTERVAL = 5.0
 TICK = 0.5  # seconds between looks at the pipeline, the bitrate and the clock
@@ -51,6 +71,43 @@ _PATHS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+class VideoEncoder(Protocol):
+    """What the device uses of the video encoder (``H264Encoder``, ``CameraEncoder``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> VideoConfig: ...
+    def set_bitrate(self, kbps: int) -> None: ...
+    def request_keyframe(self) -> None: ...
+
+
+class AudioEncoder(Protocol):
+    @property
+    def config(self) -> AudioConfig: ...
+
+
+class PipelineLike(Protocol):
+    """What the device uses of the capture side (``pipeline.Pipeline``); tests pass fakes."""
+
+    @property
+    def video(self) -> VideoEncoder: ...
+    @property
+    def audio(self) -> AudioEncoder | None: ...
+    @property
+    def filters(self) -> FilterChain | None: ...
+    @property
+    def recorder(self) -> Recorder | None: ...
+    def start(self) -> None: ...
+    def check(self) -> None: ...
+    async def stop(self) -> None: ...
+    def start_recording(self, video: VideoConfig, s: Settings) -> None: ...
+
+
+# A new pipeline for each start: what it encodes goes to the fanout.
+PipelineFactory = Callable[[Settings, Fanout], PipelineLike]
+
+
 def derived_state(states: list[str]) -> str:
     """The device state for its destinations' states (``STATE_RULE``)."""
     if ERROR in states:
@@ -65,8 +122,22 @@ def derived_state(states: list[str]) -> str:
 class Device:
     """Runs the device: the state machine decides, this class carries it out.
 
-    ``publisher_factory`` and ``first_session_ms`` are for tests: fake
-    publishers, and a first session whose clock starts near a boundary.
+    What the lifecycle drives is injected, for tests: ``pipeline_factory``
+    (the capture side), ``publisher_factory`` (the network side), ``clock``
+    (monotonic seconds, read by every policy that judges time: backoff,
+    duration, rates) and ``tick`` (seconds between looks at the pipeline).
+    Waits (backoff delays, cooldowns) are real sleeps of the configured
+    seconds. ``first_session_ms`` starts the first session's clock near a
+    boundary.
+
+    Threads: ``start``, ``stop``, ``toggle``, ``reset``, ``subscribe``,
+    ``snapshot`` and ``numbers`` read and change state that the event loop
+    owns, without locks: call them on the device's loop. From another
+    thread (a GUI, a web framework's worker) use
+    ``device.call_threadsafe(device.stop, "gui")``, which runs the call on
+    the loop and returns its result, or ``loop.call_soon_threadsafe(device.stop,
+    "gui")`` when the result does not matter (what the GPIO button does).
+    Listeners run on the loop: one that touches a GUI hands over itself.
     """
 
     def __init__(
@@ -74,34 +145,46 @@ class Device:
         settings: Settings,
         state: DeviceState | None = None,
         *,
+        pipeline_factory: PipelineFactory = Pipeline,
         publisher_factory: PublisherFactory = rtmp_publisher,
+        clock: Callable[[], float] = time.monotonic,
+        tick: float = TICK,
         first_session_ms: int = 0,
     ) -> None:
         self.s = settings
-        self.state = state or DeviceState()
+        self._clock = clock
+        self._tick = tick
+        self._pipeline_factory = pipeline_factory
+        self.state = state or DeviceState(clock=clock)
+        # What the lines this device's code logs carry: its state, its keys hidden.
+        self._log = logsetup.DeviceLog(
+            lambda: self.state.state, (t.url.key for t in settings.destinations)
+        )
         self.destinations = [
             Destination(
                 target,
                 settings,
                 publisher_factory=publisher_factory,
+                clock=clock,
                 first_session_ms=first_session_ms,
                 on_change=self._destination_changed,
             )
             for target in settings.destinations
         ]
-        self.pipeline: Pipeline | None = None
+        self.pipeline: PipelineLike | None = None
         self.error: StreamerError | None = None
-        self.started = time.monotonic()
+        self.started = clock()
         self.target_kbps = settings.video_bitrate_kbps  # what the encoder was last told
         self._tasks: dict[Destination, asyncio.Task[None]] = {}
         self._want_running = True
         self._deadline: float | None = None
         self._duration_reached = False
         self._wake = asyncio.Event()
+        self._retry_at: float | None = None  # service mode, device in error: when to retry
         self._stats_at = 0.0
         self._shutdown: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
-        logsetup.set_state_provider(lambda: self.state.state)
+        self._event_loop: asyncio.AbstractEventLoop | None = None  # the one run runs on
 
     # -- what it is doing: stats line, /status, /metrics -----------------------
 
@@ -133,16 +216,23 @@ class Device:
         }
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything /status shows (URLs with their keys redacted)."""
+        """Everything /status shows (URLs and reasons with this device's keys redacted).
+
+        A reason may hold a server's own words, which may repeat the key.
+        """
+        redact = self._log.redact
+        destinations = [d.numbers() for d in self.destinations]
+        for numbers in destinations:
+            numbers["reason"] = redact(numbers["reason"])
         return {
             "state": self.state.state,
-            "reason": self.state.reason,
+            "reason": redact(self.state.reason),
             "since": datetime.fromtimestamp(self.state.since_wall).astimezone().isoformat(),
-            "uptime_s": round(time.monotonic() - self.started, 1),
+            "uptime_s": round(self._clock() - self.started, 1),
             "resolution": f"{self.s.width}x{self.s.height}",
             "url": self.s.url.redacted,
             **self.numbers(),
-            "destinations": [d.numbers() for d in self.destinations],
+            "destinations": destinations,
         }
 
     def subscribe(self, listener: Listener) -> None:
@@ -159,6 +249,7 @@ class Device:
         return True
 
     # -- commands (button, status page, Python): called on the event loop -------
+    # Each logs (and fires transitions) as this device, whoever calls it.
 
     def toggle(self, by: str = "python") -> None:
         """Start when idle, stop otherwise (the button's short press)."""
@@ -168,23 +259,61 @@ class Device:
             self.stop(by)
 
     def start(self, by: str = "python") -> None:
-        """Stream (again): from idle, or from an error a person chose to retry now."""
-        if self.state.state == ERROR:
-            self.state.fire("reset", f"start requested by {by}")
-        self._want_running = True
-        log.info("start requested", by=by)
-        self._wake.set()
+        """Stream: from idle; in error, try again now instead of after the cooldown."""
+        with self._logging():
+            self._want_running = True
+            log.info("start requested", by=by)
+            if self.state.state == ERROR:
+                reason = f"start requested by {by}"
+                self.error = None
+                self._retry_at = None
+                for d in self.destinations:
+                    d.retry_now(reason)
+                self.state.fire("retry", reason)
+            self._wake.set()
 
     def stop(self, by: str = "python") -> None:
-        self._want_running = False
-        log.info("stop requested", by=by)
-        self._wake.set()
+        """Stop streaming: unpublish (sending what is queued first), close the hardware."""
+        with self._logging():
+            self._want_running = False
+            log.info("stop requested", by=by)
+            self._wake.set()
 
     def reset(self, reason: str) -> None:
-        if self.state.state == ERROR:
-            self._want_running = False
-            self.state.fire("reset", reason)
-            self._wake.set()
+        """In error: forget it and stay idle (the button held 3 s)."""
+        with self._logging():
+            if self.state.state == ERROR:
+                self._want_running = False
+                self.state.fire("reset", reason)
+                self._wake.set()
+
+    def call_threadsafe(self, command: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
+        """From another thread: run ``command(*args)`` on the device's loop; its result.
+
+        ``device.call_threadsafe(device.stop, "gui")``,
+        ``device.call_threadsafe(device.snapshot)``. Blocks until the loop ran
+        it (at most ``timeout`` s: TimeoutError). RuntimeError when the
+        device is not running, or when called on its own loop (call the
+        method directly there).
+        """
+        loop = self._event_loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the device is not running: nothing to hand the call to")
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:  # no loop runs in this thread: the usual case
+            here = None
+        if here is loop:  # waiting here for the loop to run it would never end
+            raise RuntimeError("on the device's own event loop: call the method directly")
+
+        async def call() -> T:
+            return command(*args)
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout)
+
+    def _logging(self) -> contextlib.AbstractContextManager[None]:
+        """Log lines carry this device's state and hide its keys."""
+        return logsetup.device_context(self._log)
 
     # -- Python: async with Device(settings) as device --------------------------
 
@@ -203,11 +332,19 @@ class Device:
     async def run(self, shutdown: asyncio.Event) -> None:
         """Drive the device until ``shutdown`` (or, in CLI mode, the end of the stream).
 
-        Raises the StreamerError that ended a CLI run; service mode never
-        gives up on its own.
+        Raises the StreamerError that ended a CLI run (its message without
+        this device's keys); service mode never gives up on its own. Every
+        task it starts logs as this device (``log.device_context``).
         """
-        for d in self.destinations:
-            logsetup.add_secret(d.target.url.key)
+        self._event_loop = asyncio.get_running_loop()
+        with self._logging():
+            try:
+                await self._run(shutdown)
+            except StreamerError as exc:
+                _scrub(exc, self._log)
+                raise
+
+    async def _run(self, shutdown: asyncio.Event) -> None:
         watcher = asyncio.create_task(self._relay(shutdown))
         try:
             await self._loop(shutdown)
@@ -225,24 +362,24 @@ class Device:
         self._wake.set()
 
     async def _loop(self, shutdown: asyncio.Event) -> None:
+        # Each turn looks at what is wanted after clearing the wake-up, so a
+        # command that comes while it awaits (a teardown) ends the next wait.
         while not shutdown.is_set():
+            self._wake.clear()
             state = self.state.state
             if not self._want_running:
-                if state != IDLE:
-                    await self._teardown(graceful=True)
+                # Whatever the state (a reset leaves error for idle itself): close it all.
+                await self._teardown(graceful=True)
+                if self.state.state != IDLE:
                     self.state.fire("stop", "stop requested")
                 await self._sleep(None)
-                continue
-            if state == IDLE:
+            elif state == IDLE:
+                self.error, self._retry_at = None, None
                 self.state.fire("start", "service start" if self.s.service else "command line")
-            elif state == ERROR and self.error is not None:
+            elif self.error is not None:  # the device itself failed; the hardware is closed
                 if not self.s.service:
                     raise self.error
-                await self._teardown(graceful=False)
-                log.info("retrying after cooldown", seconds=self.s.error_cooldown)
-                if await self._sleep(self.s.error_cooldown) and self.state.state == ERROR:
-                    self.error = None
-                    self.state.fire("retry", f"{self.s.error_cooldown:g} s cooldown over")
+                await self._cool_down()
             else:
                 try:
                     if await self._supervise(shutdown):
@@ -250,29 +387,39 @@ class Device:
                 except StreamerError as exc:
                     self.error = exc
                     await self._teardown(graceful=False)
-                    if not self.state.fire("fail", exc.message):
+                    if self.state.allowed("fail"):
+                        self.state.fire("fail", exc.message)
+                    else:  # already in error for a destination's sake
                         self.state.reason = exc.message
                     log.error("device failed", reason=exc.message)
 
-    async def _sleep(self, seconds: float | None) -> bool:
-        """Wait, waking early on commands; True when the full time passed."""
-        self._wake.clear()
-        try:
+    async def _cool_down(self) -> None:
+        """Service mode, in error: wait ``error_cooldown``, then try again (``retry``)."""
+        now = self._clock()
+        if self._retry_at is None:
+            self._retry_at = now + self.s.error_cooldown
+            log.info("retrying after cooldown", seconds=self.s.error_cooldown)
+        if now < self._retry_at:
+            await self._sleep(self._retry_at - now)  # a command ends it early
+            return
+        self.error, self._retry_at = None, None
+        self.state.fire("retry", f"{self.s.error_cooldown:g} s cooldown over")
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Wait for ``seconds`` (None: for ever) or until woken (a command, a destination)."""
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
-        except TimeoutError:
-            return True
-        return False
 
     async def _supervise(self, shutdown: asyncio.Event) -> bool:
         """Start capture and every destination; watch them. True when the duration is over."""
         loop = asyncio.get_running_loop()
         fanout = Fanout()
-        pipeline = Pipeline(self.s, fanout)
+        pipeline = self._pipeline_factory(self.s, fanout)
         self.pipeline = pipeline
         fanout.outboxes = tuple(d.attach(loop) for d in self.destinations)
         pipeline.start()
         # A hardware encoder only learns SPS/PPS with its first keyframe.
-        video_config = await asyncio.to_thread(ready_config, pipeline.video, 5.0)
+        video_config = await asyncio.to_thread(_ready_config, pipeline.video, 5.0)
         if self.s.record_dir and pipeline.recorder is None:
             pipeline.start_recording(video_config, self.s)
         audio = pipeline.audio
@@ -280,9 +427,10 @@ class Device:
             video_config, audio.config if audio else None, pipeline.video.request_keyframe
         )
         self._tasks = {d: asyncio.create_task(d.run(media)) for d in self.destinations}
-        self._stats_at = time.monotonic()
+        self._stats_at = self._clock()
         while not shutdown.is_set() and self._want_running:
-            now = time.monotonic()
+            self._wake.clear()
+            now = self._clock()
             if self._deadline is not None and now >= self._deadline:
                 self._duration_reached = True
                 return True
@@ -293,13 +441,14 @@ class Device:
             self._follow(derived_state([d.state for d in self.destinations]))
             self._adapt(pipeline, now)
             self._maybe_log_stats(now)
-            wait = TICK if self._deadline is None else max(0.0, min(TICK, self._deadline - now))
+            tick = self._tick
+            wait = tick if self._deadline is None else max(0.0, min(tick, self._deadline - now))
             await self._sleep(wait)
         return False
 
     def _destination_changed(self, destination: Destination) -> None:
         if destination.state == LIVE and self._deadline is None and self.s.duration:
-            self._deadline = time.monotonic() + self.s.duration
+            self._deadline = self._clock() + self.s.duration
         if self.s.destinations[1:]:
             log.info(
                 "destination",
@@ -321,7 +470,7 @@ class Device:
         for trigger in _PATHS.get((current, target), ()):
             self.state.fire(trigger, reason)
 
-    def _adapt(self, pipeline: Pipeline, now: float) -> None:
+    def _adapt(self, pipeline: PipelineLike, now: float) -> None:
         """The encoder's bitrate: what the slowest live destination's link can carry."""
         proposals = [(p, d) for d in self.destinations if (p := d.propose_bitrate(now)) is not None]
         if not proposals:
@@ -367,7 +516,24 @@ class Device:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
-def _recording_status(pipeline: Pipeline | None) -> str:
+def _scrub(exc: StreamerError, device: logsetup.DeviceLog) -> None:
+    """An error about to leave the device, without its keys (a server's words may hold one)."""
+    exc.message = device.redact(exc.message)
+    exc.args = (exc.message,)
+    if isinstance(exc, PublishRejected):
+        exc.description = device.redact(exc.description)
+
+
+def _ready_config(video: VideoEncoder, timeout: float) -> VideoConfig:
+    """The video setup with SPS/PPS (``ready_config`` waits for a hardware encoder's)."""
+    if isinstance(video, H264Encoder | CameraEncoder):
+        return ready_config(video, timeout)
+    if not video.config.avc_config:
+        raise DeviceError(f"H.264 encoder {video.name} gave no SPS/PPS at open")
+    return video.config
+
+
+def _recording_status(pipeline: PipelineLike | None) -> str:
     recorder = pipeline.recorder if pipeline else None
     if recorder is None:
         return "off"

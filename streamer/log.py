@@ -1,53 +1,126 @@
 """Logging: structlog everywhere, stdlib logs through the same renderer, secrets redacted.
 
-Secrets (the stream key) are registered once with ``add_secret``; the last
-processor replaces them in every rendered line, whichever field or library
-they came from. Under journald each line starts with its syslog priority
-(``<3>`` for an error), which journald's stdout stream reads by default
-(``SyslogLevelPrefix=yes``), so ``journalctl -p err`` finds errors. Python
-warnings (gpiozero's, say) go through the same lines.
+Every line belongs to the device whose code wrote it. A device's
+``DeviceLog`` (its state and its stream keys) is made current by
+``device_context`` through a context variable: ``Device.run`` enters it, so
+every task it starts inherits it, and two devices in one process each show
+their own state on their lines and hide their own keys. A line written
+outside any device's context (a thread that did not copy the context, the
+application's own code) belongs to the only device alive when there is one;
+with several it carries no state and is redacted with all of their keys: we
+cannot tell whose it is, and no key may show. The process's own secrets
+(the config file's key file) are registered with ``add_secret`` and hidden
+in every line. The last processor replaces secrets in every rendered line,
+whichever field or library they came from. Under journald each line starts
+with its syslog priority (``<3>`` for an error), which journald's stdout
+stream reads by default (``SyslogLevelPrefix=yes``), so ``journalctl -p err``
+finds errors. Python warnings (gpiozero's, say) go through the same lines.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
 
-_secrets: set[str] = set()
+_secrets: set[str] = set()  # the process's own (add_secret): hidden in every line
 REDACTED = "***"
 
 
+def _parts(secret: str) -> list[str]:
+    """A secret and its part before a query string; very short ones would hide words."""
+    return [part for part in {secret, secret.split("?", 1)[0]} if len(part) >= 3]
+
+
 def add_secret(secret: str) -> None:
-    """Never print ``secret`` (nor its part before a query string)."""
-    for part in (secret, secret.split("?", 1)[0]):
-        if len(part) >= 3:
-            _secrets.add(part)
+    """Never print ``secret`` (nor its part before a query string), whoever logs it."""
+    _secrets.update(_parts(secret))
+
+
+class DeviceLog:
+    """What one device's lines carry: its state (``state()``), and its secrets hidden."""
+
+    def __init__(self, state: Callable[[], str], secrets: Iterable[str] = ()) -> None:
+        self.state = state
+        self.secrets = frozenset(part for secret in secrets for part in _parts(secret))
+        _alive.add(self)
+
+    def redact(self, text: str) -> str:
+        """``text`` with this device's secrets and the process's replaced."""
+        return _redact_with(self.secrets | _secrets, text)
+
+
+# Every DeviceLog not yet garbage: whose are the lines of no device's context.
+_alive: weakref.WeakSet[DeviceLog] = weakref.WeakSet()
+_current: ContextVar[DeviceLog | None] = ContextVar("streamer_device_log", default=None)
+_state_override: ContextVar[Callable[[], str] | None] = ContextVar("streamer_state", default=None)
+
+
+@contextlib.contextmanager
+def device_context(device: DeviceLog) -> Iterator[None]:
+    """Lines logged inside, and in tasks started inside, are ``device``'s.
+
+    Threads do not inherit it (``asyncio.to_thread`` does): a thread should
+    run its body in the ``contextvars.copy_context()`` of the code that made it.
+    """
+    token = _current.set(device)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def _owner() -> DeviceLog | None:
+    """The device the current line belongs to: its context's, else the only one alive."""
+    device = _current.get()
+    if device is None:
+        alive = list(_alive)
+        if len(alive) == 1:
+            device = alive[0]
+    return device
 
 
 def redact(text: str) -> str:
-    """Replace every registered secret that stands as a token of its own.
+    """Replace every secret that stands as a token of its own.
 
+    The secrets are the process's and those of the device the line belongs
+    to (with several devices alive and none of them writing: all of theirs).
     A short key such as ``cam`` is still a key in ``/live/cam`` but not in
     ``picamera2``: secrets are matched only where no letter or digit touches
     them, so logs stay readable whatever the key looks like.
     """
-    if not _secrets:
+    device = _owner()
+    if device is not None:
+        return device.redact(text)
+    secrets = frozenset(_secrets).union(*(each.secrets for each in list(_alive)))
+    return _redact_with(secrets, text)
+
+
+def _redact_with(secrets: frozenset[str] | set[str], text: str) -> str:
+    if not secrets:
         return text
-    pattern = "|".join(re.escape(s) for s in sorted(_secrets, key=len, reverse=True))
-    return re.sub(rf"(?<![A-Za-z0-9])(?:{pattern})(?![A-Za-z0-9])", REDACTED, text)
+    return _pattern(frozenset(secrets)).sub(REDACTED, text)
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str]:
+    # Longest first, so that a key with a query string goes whole, not its first part.
+    alternatives = "|".join(re.escape(s) for s in sorted(secrets, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
 
 
 def _redact_rendered(_logger: Any, _name: str, rendered: Any) -> Any:
     return redact(rendered) if isinstance(rendered, str) else rendered
 
-
-_state: Callable[[], str] | None = None
 
 # Python's levels as syslog priorities, the <N> prefix journald reads.
 PRIORITIES = (
@@ -104,14 +177,21 @@ class _Formatter(structlog.stdlib.ProcessorFormatter):
 
 
 def set_state_provider(provider: Callable[[], str] | None) -> None:
-    """Every log line carries the device state this returns (idle, live, ...)."""
-    global _state
-    _state = provider
+    """Lines logged from here on, in this context, carry the state ``provider`` returns.
+
+    For code that logs outside any device (tests, a program of its own);
+    ``Device`` uses ``device_context``. None: back to the device's state.
+    """
+    _state_override.set(provider)
 
 
 def _add_state(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    if _state is not None and "state" not in event:
-        event["state"] = _state()
+    if "state" not in event:
+        provider = _state_override.get()
+        if provider is None and (device := _owner()) is not None:
+            provider = device.state
+        if provider is not None:
+            event["state"] = provider()
     return event
 
 
