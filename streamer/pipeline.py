@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -128,7 +129,11 @@ class Fanout:
 
 
 class CaptureThread(threading.Thread):
-    """Reads a source, encodes, hands packets off; reports its failure instead of dying."""
+    """Reads a source, encodes, hands packets off; reports its failure instead of dying.
+
+    It runs in the context of the code that made it, so its log lines carry
+    its device's state and are redacted with that device's keys.
+    """
 
     def __init__(
         self,
@@ -141,8 +146,12 @@ class CaptureThread(threading.Thread):
         self._step, self._flush, self._sink = step, flush, sink
         self.stopping = threading.Event()
         self.error: BaseException | None = None
+        self._context = contextvars.copy_context()
 
     def run(self) -> None:
+        self._context.run(self._capture)
+
+    def _capture(self) -> None:
         try:
             while not self.stopping.is_set():
                 self._sink(self._step())
