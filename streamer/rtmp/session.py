@@ -16,6 +16,7 @@ from streamer.encode import flv
 from streamer.media import AudioConfig, Kind, Packet, VideoConfig
 
 SESSION_LIMIT_MS = 2**31 - 60_000
+MIN_SESSION_MS = 1000  # a session always runs this long: one that ends at once would flap
 
 
 class Wire(Protocol):
@@ -66,7 +67,7 @@ class Session:
         if ts < 0:
             return False  # captured before the session's first keyframe
         ts += self.start_ms
-        if packet.keyframe and ts >= SESSION_LIMIT_MS and self._last[Kind.VIDEO] >= 0:
+        if packet.keyframe and ts >= SESSION_LIMIT_MS and ts - self.start_ms >= MIN_SESSION_MS:
             self.ended = True  # the next session starts at a fresh keyframe
             return False
         # Players and muxers want each track's timestamps strictly rising. A
