@@ -240,6 +240,9 @@ class Destination:
                 raise exc
             self._set(ERROR, exc.message)
             log.error("destination failed", destination=self.name, reason=exc.message)
+            log.info(
+                "retrying after cooldown", destination=self.name, seconds=self.s.error_cooldown
+            )
             await self._sleep(self.s.error_cooldown)
             if self._running and self.state == ERROR:  # not ended early by retry_now or stop
                 self._set(PREPARING, f"{self.s.error_cooldown:g} s cooldown over")
