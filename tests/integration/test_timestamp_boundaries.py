@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 
 import pytest
 
@@ -38,8 +39,18 @@ def test_a_viewer_decodes_across_a_timestamp_boundary(
     url = rtmp_server.url("edge")
     viewer = MediaReport()
     watching: list[threading.Thread] = []
-    join_s = 1.0 if boundary < SESSION_LIMIT_MS else 3.0  # the crossing (re-publish) is at 2 s
-    joiner = threading.Timer(join_s, lambda: watching.append(watch_live(url, WATCH, viewer)))
+    # Join once the session to watch is published (the server has begun its
+    # recording): the first one, which crosses 2^24 two seconds in; or the
+    # second, which starts at 0 after the first ended short of 2^31 / 2^32.
+    sessions_before_join = 1 if boundary < SESSION_LIMIT_MS else 2
+
+    def join() -> None:
+        end = time.monotonic() + 15
+        while len(rtmp_server.recordings()) < sessions_before_join and time.monotonic() < end:
+            time.sleep(0.05)
+        watching.append(watch_live(url, WATCH, viewer))
+
+    joiner = threading.Thread(target=join, daemon=True)
     settings = Settings(urls=[url], width=320, height=180, duration=SECONDS)
     device = Device(settings, first_session_ms=boundary - BEFORE_MS)
     joiner.start()
