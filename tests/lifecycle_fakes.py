@@ -296,3 +296,19 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 2.0) 
         if time.monotonic() > end:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.001)
+
+
+DEFAULT_URL = "rtmp://a.test/live/KeyA1"
+
+
+def quick(*urls: str, **overrides: Any) -> Settings:
+    """Settings whose waits take milliseconds (one destination at DEFAULT_URL unless given)."""
+    values: dict[str, Any] = {
+        "urls": list(urls) or [DEFAULT_URL],
+        "microphone": "none",
+        "reconnect_delay": 0.001,
+        "reconnect_max_delay": 0.002,
+        "error_cooldown": 0.03,
+        **overrides,
+    }
+    return Settings(**values)

@@ -19,25 +19,21 @@ from streamer.exc import ConnectFailed, ConnectionLost, PublishRejected
 from streamer.pipeline import Fanout
 from streamer.settings import Settings
 from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING
-from tests.lifecycle_fakes import FakeClock, FakePipeline, FakeServer, Plan, publishers, until
+from tests.lifecycle_fakes import (
+    DEFAULT_URL,
+    FakeClock,
+    FakePipeline,
+    FakeServer,
+    Plan,
+    publishers,
+    quick,
+    until,
+)
 
-URL = "rtmp://a.test/live/KeyA1"
+URL = DEFAULT_URL
 REFUSED = ConnectFailed("could not connect to a.test:1935: connection refused")
 UNAUTHORIZED = PublishRejected("NetStream.Publish.Unauthorized", "wrong stream key")
 BAD_NAME = PublishRejected("NetStream.Publish.BadName", "already publishing")
-
-
-def quick(**overrides: Any) -> Settings:
-    """Settings whose waits take milliseconds."""
-    values: dict[str, Any] = {
-        "urls": [URL],
-        "microphone": "none",
-        "reconnect_delay": 0.001,
-        "reconnect_max_delay": 0.002,
-        "error_cooldown": 0.03,
-        **overrides,
-    }
-    return Settings(**values)
 
 
 @dataclass

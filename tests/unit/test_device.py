@@ -27,7 +27,7 @@ from streamer.exc import ConnectFailed, DeliveryFailed, DeviceError, PublishReje
 from streamer.net.bitrate import BitrateController
 from streamer.settings import Settings
 from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, STATES
-from tests.lifecycle_fakes import FakeClock, FakeServer, Pipelines, Plan, publishers, until
+from tests.lifecycle_fakes import FakeClock, FakeServer, Pipelines, Plan, publishers, quick, until
 
 A, B = "rtmp://a.test/live/KeyA1", "rtmp://b.test/live/KeyB2"
 # Made anew for each use: a raised exception keeps its traceback, and with it the device.
@@ -46,19 +46,6 @@ def camera_gone() -> DeviceError:
 
 
 TICK = 0.002
-
-
-def quick(*urls: str, **overrides: Any) -> Settings:
-    """Settings whose waits take milliseconds."""
-    values: dict[str, Any] = {
-        "urls": list(urls) or [A],
-        "microphone": "none",
-        "reconnect_delay": 0.001,
-        "reconnect_max_delay": 0.002,
-        "error_cooldown": 0.03,
-        **overrides,
-    }
-    return Settings(**values)
 
 
 @dataclass
