@@ -18,6 +18,10 @@ class Packet:
     Times are milliseconds on the process media clock (see ``clock.py``);
     the publisher rebases them onto each session's origin. Video ``data`` is
     AVCC (length-prefixed NAL units); audio ``data`` is one raw AAC frame.
+    A video keyframe carries ``config``, the decoder setup (SPS/PPS) it
+    needs: when an encoder's parameter sets change, every destination and the
+    recorder learn it in step with the frames (see "One frame's way" in
+    docs/design.md).
     """
 
     kind: Kind
@@ -25,6 +29,7 @@ class Packet:
     dts_ms: int
     keyframe: bool
     data: bytes
+    config: VideoConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -313,6 +313,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
         # The writer thread's own.
         self._video, self._audio = video, audio
+        self._avc_config = video.avc_config  # the SPS/PPS of the packets submitted last
         self._segment: _Segment | None = None  # being written
         self._previous: _Segment | None = None  # cut, still open for late audio
         self._held: deque[Packet] = deque()  # audio ahead of the video
@@ -369,6 +370,10 @@ class Recorder:
             for p in packets:
                 video = p.kind is Kind.VIDEO
                 if room > 0 and not (video and self._await_keyframe and not p.keyframe):
+                    if p.config is not None and p.config.avc_config != self._avc_config:
+                        # New SPS/PPS: a new segment starts at this keyframe.
+                        self._avc_config = p.config.avc_config
+                        self._queue.append(_NewVideoConfig(p.config))
                     self._queue.append(p)
                     self._backlog += 1
                     room -= 1
@@ -389,17 +394,6 @@ class Recorder:
                 queue_packets=self.queue_packets,
                 directory=str(self.directory),
             )
-
-    def set_video_config(self, video: VideoConfig) -> None:
-        """The encoder's SPS/PPS changed: the video submitted from now on needs ``video``.
-
-        Call it from the thread that submits the video, before the first packet
-        of the new configuration; a new segment starts at the next keyframe.
-        """
-        with self._lock:
-            if self._accepting:
-                self._queue.append(_NewVideoConfig(video))
-        self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Write out the queue and close the segment, waiting at most ``timeout`` s."""

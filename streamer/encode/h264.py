@@ -164,6 +164,7 @@ class H264Encoder:
                 dts_ms=int(p.dts if p.dts is not None else pts_ms),
                 keyframe=bool(p.is_keyframe),
                 data=annexb_to_avcc(bytes(p)),
+                config=self.config if p.is_keyframe else None,
             )
             for p in self._cc.encode(frame)
         ]

@@ -182,7 +182,8 @@ class V4L2H264Encoder(H264Encoder):
                 continue  # a header-only buffer
             keyframe = packet.keyframe or any(n[0] & 0x1F == NAL_IDR for n in rest)
             data = b"".join(len(n).to_bytes(4, "big") + n for n in rest)
-            out.append(replace(packet, keyframe=keyframe, data=data))
+            config = self.config if keyframe else None  # with the parameter sets just taken
+            out.append(replace(packet, keyframe=keyframe, data=data, config=config))
         return out
 
     def _take_params(self, params: tuple[bytes, ...]) -> None:
@@ -192,8 +193,8 @@ class V4L2H264Encoder(H264Encoder):
             record = avc_decoder_config(b"".join(_START + n for n in params))
         except ValueError:
             return  # an SPS without its PPS (or the reverse): wait for both
-        if self._params:
-            log.warning("encoder changed its SPS/PPS", encoder=self.name)
+        if self._params:  # the next keyframe carries it to every destination and the recorder
+            log.info("encoder changed its SPS/PPS", encoder=self.name)
         self._params = params
         self._set_avc_config(record)
 

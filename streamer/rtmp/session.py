@@ -5,7 +5,10 @@ its origin is the capture time of its first video keyframe (nothing before
 it is sent), and each track's timestamps rise strictly from there. RTMP time
 is 32-bit milliseconds and many readers take FLV time as signed: a session
 that gets within ``SESSION_LIMIT_MS`` of 2^31 ms ends at its next keyframe,
-and the next session starts at 0 (see Time in docs/design.md).
+and the next session starts at 0 (see Time in docs/design.md). A keyframe
+whose decoder setup (``Packet.config``) differs from the one last sent is
+preceded by a new AVC sequence header at its own timestamp: an encoder that
+changed its SPS/PPS keeps every viewer decoding.
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ class Session:
         self.video_frames = 0
         self._origin: int | None = None
         self._last = {Kind.VIDEO: -1, Kind.AUDIO: -1}
+        self._avc_config = b""  # the SPS/PPS in the last sequence header sent
 
     async def open(self, video: VideoConfig, audio: AudioConfig | None) -> None:
         """Describe the stream: metadata and the decoders' setup, before any frame."""
         await self.wire.send_metadata(flv.metadata(video, audio, "streamer"))
         await self.wire.send_video(0, flv.avc_sequence_header(video))
+        self._avc_config = video.avc_config
         if audio is not None:
             await self.wire.send_audio(0, flv.aac_sequence_header(audio))
 
@@ -77,6 +82,10 @@ class Session:
         ts = max(ts, self._last[packet.kind] + 1)
         self._last[packet.kind] = ts
         if packet.kind is Kind.VIDEO:
+            config = packet.config
+            if config is not None and config.avc_config != self._avc_config:
+                self.wire.write_video(ts, flv.avc_sequence_header(config))
+                self._avc_config = config.avc_config
             body = flv.avc_frame(packet.data, packet.keyframe, packet.pts_ms - packet.dts_ms)
             self.wire.write_video(ts, body)
             self.video_frames += 1

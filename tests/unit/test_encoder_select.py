@@ -320,7 +320,7 @@ def test_sps_pps_come_from_the_first_keyframe_and_the_stream_decodes(mode: str) 
     assert len(packets) == n  # a header-only buffer is not a packet
     for p in packets:  # parameter sets live in the sequence header only
         assert all(nal[0] & 0x1F not in (NAL_SPS, NAL_PPS) for nal in split_avcc(p.data))
-    assert packets[0].keyframe
+    assert packets[0].keyframe and packets[0].config == config  # its setup travels with it
     assert decode(config.avc_config, packets) == n
 
 
