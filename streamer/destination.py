@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import structlog
 
@@ -79,6 +79,26 @@ def rtmp_publisher(target: Target, s: Settings) -> Publisher:
         stall_timeout=s.stall_timeout,
         insecure=s.insecure,
     )
+
+
+class DestinationNumbers(TypedDict):
+    """One destination in ``Device.snapshot()`` (and a line of the stats log)."""
+
+    name: str
+    url: str  # the key redacted
+    state: str
+    reason: str
+    sent_kbps: int  # as of the last stats interval; 0 unless live
+    fps: float
+    queue_ms: int  # media time waiting in its send queue
+    frames_sent: int  # the counters from here on last for the life of the device
+    dropped: int
+    dropped_video: int
+    dropped_audio: int
+    discarded_offline: int
+    keyframes_requested: int
+    target_kbps: int | None  # its bitrate controller's proposal (None: not adaptive)
+    reconnects: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +175,7 @@ class Destination:
 
     # -- what it is doing ---------------------------------------------------------
 
-    def numbers(self) -> dict[str, Any]:
+    def numbers(self) -> DestinationNumbers:
         """This destination's numbers: rates as of the last stats interval, counters for life."""
         c = self.counters
         live = self.state == LIVE

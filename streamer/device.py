@@ -25,12 +25,18 @@ import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypedDict, TypeVar
 
 import structlog
 
 from streamer import log as logsetup
-from streamer.destination import Destination, Media, PublisherFactory, rtmp_publisher
+from streamer.destination import (
+    Destination,
+    DestinationNumbers,
+    Media,
+    PublisherFactory,
+    rtmp_publisher,
+)
 from streamer.encode.camera import CameraEncoder
 from streamer.encode.filters import FilterChain
 from streamer.encode.h264 import H264Encoder
@@ -119,6 +125,39 @@ def derived_state(states: list[str]) -> str:
     return PREPARING
 
 
+class DeviceNumbers(TypedDict):
+    """The device as a whole: each destination's numbers summed (fps: the lowest,
+    queue: the deepest) and the capture side's. Also the stats line."""
+
+    sent_kbps: int
+    fps: float
+    queue_ms: int
+    frames_sent: int
+    dropped: int
+    dropped_video: int
+    dropped_audio: int
+    discarded_offline: int
+    keyframes_requested: int
+    target_kbps: int  # what the encoder was last told
+    reconnects: int
+    encoder: str
+    filters: str  # the filter chain in effect, comma-separated
+    recording: str  # "off", "on" or "failed: <why>"
+    filter_ms: float  # the filters' cost per frame
+
+
+class Snapshot(DeviceNumbers):
+    """``Device.snapshot()``: what /status shows, keys redacted everywhere."""
+
+    state: str  # one of idle, preparing, live, reconnecting, error
+    reason: str
+    since: str  # ISO 8601, local time: when ``state`` began
+    uptime_s: float
+    resolution: str
+    url: str  # the first destination's
+    destinations: list[DestinationNumbers]
+
+
 class Device:
     """Runs the device: the state machine decides, this class carries it out.
 
@@ -188,34 +227,30 @@ class Device:
 
     # -- what it is doing: stats line, /status, /metrics -----------------------
 
-    def numbers(self) -> dict[str, Any]:
+    def numbers(self) -> DeviceNumbers:
         """The device's numbers: each destination's, summed, and the capture side's."""
         pipeline = self.pipeline
         chain = pipeline.filters if pipeline else None
         each = [d.numbers() for d in self.destinations]
-
-        def total(key: str) -> Any:
-            return sum(n[key] for n in each)
-
         return {
-            "sent_kbps": total("sent_kbps"),
+            "sent_kbps": sum(n["sent_kbps"] for n in each),
             "fps": min(n["fps"] for n in each),
             "queue_ms": max(n["queue_ms"] for n in each),
-            "frames_sent": total("frames_sent"),
-            "dropped": total("dropped"),
-            "dropped_video": total("dropped_video"),
-            "dropped_audio": total("dropped_audio"),
-            "discarded_offline": total("discarded_offline"),
-            "keyframes_requested": total("keyframes_requested"),
+            "frames_sent": sum(n["frames_sent"] for n in each),
+            "dropped": sum(n["dropped"] for n in each),
+            "dropped_video": sum(n["dropped_video"] for n in each),
+            "dropped_audio": sum(n["dropped_audio"] for n in each),
+            "discarded_offline": sum(n["discarded_offline"] for n in each),
+            "keyframes_requested": sum(n["keyframes_requested"] for n in each),
             "target_kbps": self.target_kbps,
-            "reconnects": total("reconnects"),
+            "reconnects": sum(n["reconnects"] for n in each),
             "encoder": pipeline.video.name if pipeline else "",
             "filters": ",".join(chain.names) if chain else "",
             "recording": _recording_status(pipeline),
             "filter_ms": round(chain.cost_ms, 2) if chain else 0.0,
         }
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """Everything /status shows (URLs and reasons with this device's keys redacted).
 
         A reason may hold a server's own words, which may repeat the key.
@@ -498,8 +533,8 @@ class Device:
         if self.s.destinations[1:]:
             for d in self.destinations:
                 numbers = d.numbers()
-                numbers.pop("url")
-                log.info("stats", destination=numbers.pop("name"), **numbers)
+                shown = {k: v for k, v in numbers.items() if k not in ("name", "url")}
+                log.info("stats", destination=numbers["name"], **shown)
 
     async def _teardown(self, graceful: bool) -> None:
         """Stop capture (encoders flush into the queues), then every destination."""

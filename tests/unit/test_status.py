@@ -821,7 +821,7 @@ def test_no_stream_key_reaches_status_page_or_metrics(calls: Calls) -> None:
     assert [d["name"] for d in snapshot["destinations"]] == ["main", "b.example.com"]
     logsetup.add_secret(KEY2)  # as Device.run and the config's key files do
     snapshot["destinations"][1]["reason"] = f"refused by rtmps://b.example.com/app/{KEY2}"
-    calls.snapshot = snapshot
+    calls.snapshot = dict(snapshot)
     with ServerThread(calls.read) as running:
         texts = [
             request(running.port, "GET", path).body.decode()
