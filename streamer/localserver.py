@@ -269,14 +269,19 @@ class LocalRtmpServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGQUIT)  # graceful: finishes recordings
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
+        # Graceful first (SIGQUIT): an idle server exits at once. nginx-rtmp
+        # then waits for its publishers to hang up, which a live one never
+        # does: after half a second it is told to quit now (SIGTERM), as a server
+        # that goes away would. Recordings are written frame by frame, so
+        # they hold everything received either way.
+        for sig, wait in ((signal.SIGQUIT, 0.5), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
         if proc.stderr:
             proc.stderr.close()
 

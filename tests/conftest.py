@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,8 +16,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 
+from streamer import log as logsetup
 from streamer.localserver import LocalRtmpServer
+
+
+@pytest.fixture(autouse=True)
+def logging_as_it_was() -> Iterator[None]:
+    """A test that configures logging (JSON, a StringIO, journald) leaves it as it found it:
+    tests run in any order, four processes at once."""
+    config = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    output = vars(logsetup._output).copy()
+    yield
+    structlog.configure(**config)
+    root.handlers[:], root.level = handlers, level
+    vars(logsetup._output).clear()
+    vars(logsetup._output).update(output)
 
 
 @pytest.fixture

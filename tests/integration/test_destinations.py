@@ -110,7 +110,10 @@ def test_a_squeezed_and_a_dead_destination_never_hold_up_the_other() -> None:
         f"dead one live again {fast_back:.1f} s after its server came back"
     )
     assert p95 <= 1.0
-    assert len(in_squeeze) >= 0.99 * 12 * 30 - 1
+    # Every frame captured reaches it in time (its destination dropped none: below). A
+    # camera on a busy machine may skip a few (`make test` runs four tests at once).
+    assert len(in_squeeze) >= 0.95 * 12 * 30
+    assert max(np.diff(in_squeeze)) < 0.5, "the full-rate viewer waited"
     assert max(slow_gaps) < 1.0
     assert fast_back is not None and fast_back <= 5
     # up to its server's end the full-rate one dropped nothing; the squeezed one did

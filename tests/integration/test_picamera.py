@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -65,5 +66,11 @@ def test_pi_camera_streams_and_the_recording_decodes(
     assert all(b > a for a, b in zip(report.video_pts_ms, report.video_pts_ms[1:], strict=False))
     counters = [c for c in report.counters if c is not None]
     assert len(counters) >= 0.95 * len(report.counters)
-    assert counters == list(range(counters[0], counters[0] + len(counters)))
+    # Every frame in capture order, none twice. A camera whose reader is late
+    # skips frames, as picamera2 does; `make test` shares the machine with
+    # other tests, so a few may go (the span allows 3 %, a broken hand-off
+    # loses far more).
+    assert all(b > a for a, b in itertools.pairwise(counters)), counters
+    missing = counters[-1] - counters[0] + 1 - len(counters)
+    assert missing <= 0.03 * len(counters), f"{missing} frames missing"
     assert abs(report.audio_pts_ms[0] - report.video_pts_ms[0]) <= 50

@@ -12,12 +12,13 @@ from streamer.localserver import LocalRtmpServer
 from tests.conftest import run_cli
 from tests.media_check import analyze_file
 
-SECONDS = 12
+SECONDS = 8
 FPS = 30
 HOGS = 3  # busy processes: more than the machine's two cores
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # its busy processes would slow every test running beside it
 def test_timestamps_rise_on_the_capture_grid_under_cpu_load(rtmp_server: LocalRtmpServer) -> None:
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(HOGS)]
     try:
