@@ -68,9 +68,11 @@ def test_recording_spans_a_network_outage_without_a_gap(tmp_path: Path) -> None:
     segments, errors = decode_segments(record)
     assert errors == 0
     assert len(segments) >= 3
-    for times in segments:  # inside each segment: every frame, no hole
+    for times in segments:  # inside each segment: no hole (the outage's would be 5 s)
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert max(gaps) < 0.2, f"a gap of {max(gaps):.2f} s in a segment"
+        # a camera on a busy machine may skip a few frames (`make test` runs four tests
+        # at once): the count below allows 3 % of them
+        assert max(gaps) < 0.5, f"a gap of {max(gaps):.2f} s in a segment"
     frames = sum(len(t) for t in segments)
     assert frames >= 0.97 * 20 * 30, f"{frames} frames recorded for 20 s at 30 fps"
 
