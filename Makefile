@@ -29,16 +29,16 @@ demo: setup
 	$(BIN)/streamer demo
 
 # Everything, as CI runs it: four test processes at once (most tests wait on real time,
-# streams and servers, not on the CPU), then the tests marked `alone` (they load the machine
-# on purpose) by themselves. The 15 slowest tests are listed at the end of each part.
+# streams and servers, not on the CPU; those marked `heavy` take turns in one of them), then
+# the tests marked `alone` (they load the machine on purpose) by themselves. The 15 slowest tests are listed at the end of each part.
 test: setup interop
-	$(BIN)/python -m pytest -q -n 4 --dist worksteal -m "not alone"; together=$$?; \
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m "not alone"; together=$$?; \
 	$(BIN)/python -m pytest -q -m alone; alone=$$?; \
 	test $$together -eq 0 && test $$alone -eq 0
 
 # The quick round while working: all but the tests marked slow (over ~5 s each).
 test-fast: setup
-	$(BIN)/python -m pytest -q -n 4 --dist worksteal -m "not slow and not alone"
+	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m "not slow and not alone"
 
 # firmware/install.sh on a booted Debian 12 (debootstrap, cached in /var/cache/streamer-image;
 # systemd-nspawn), then the unit it installs: ready, streaming, watchdog, reboot. Needs root and

@@ -22,6 +22,15 @@ from streamer import log as logsetup
 from streamer.localserver import LocalRtmpServer
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``heavy`` run one after another in one test process (first, as they
+    take longest), never side by side: each measures latency while using a core."""
+    for item in items:
+        if item.get_closest_marker("heavy"):
+            item.add_marker(pytest.mark.xdist_group("heavy"))
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 @pytest.fixture(autouse=True)
 def logging_as_it_was() -> Iterator[None]:
     """A test that configures logging (JSON, a StringIO, journald) leaves it as it found it:

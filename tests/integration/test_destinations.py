@@ -39,6 +39,7 @@ def last_stats(cli: LiveCli, name: str, before: float) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_squeezed_and_a_dead_destination_never_hold_up_the_other() -> None:
     slow, fast = LocalRtmpServer(), LocalRtmpServer()
     slow.start()

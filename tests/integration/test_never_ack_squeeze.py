@@ -28,7 +28,7 @@ from tests.media_check import MediaReport, analyze_file
 from tests.netproxy import ThrottleProxy
 from tests.rtmpserver import ScriptedServer, ServerThread
 
-pytestmark = pytest.mark.slow  # about 32 s: the squeeze scenario of test_squeeze.py
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # ~32 s: test_squeeze.py's scenario
 
 DURATION = 30
 

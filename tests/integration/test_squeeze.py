@@ -15,7 +15,7 @@ from tests.conftest import LiveCli
 from tests.media_check import MediaReport, watch_live
 from tests.netproxy import ThrottleProxy
 
-pytestmark = pytest.mark.slow  # each test here takes more than 5 s
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # each more than 5 s
 
 KBPS = 1500
 AUDIO_PER_S = 48000 / 1024

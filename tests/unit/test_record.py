@@ -381,10 +381,11 @@ def test_a_full_disk_stops_recording_not_the_caller(
 def test_a_full_queue_drops_without_blocking_and_resumes_at_a_keyframe(
     tmp_path: Path, media: Media, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    disk_stuck = threading.Event()
+    disk_stuck, writer_stuck = threading.Event(), threading.Event()
     real_write = record._SegmentFile.write
 
     def write(self: record._SegmentFile, data: bytes) -> int:
+        writer_stuck.set()
         disk_stuck.wait(10)  # a disk that hangs, then recovers
         return real_write(self, data)
 
@@ -395,7 +396,13 @@ def test_a_full_queue_drops_without_blocking_and_resumes_at_a_keyframe(
     stuck = [b for b in media.batches if b[0].dts_ms < 3000]
     later = media.batches[len(stuck) :]
     with capture_logs() as logs:
-        slowest = submit_all(rec, stuck)
+        # batch by batch until the writer hangs on the disk: from then on (however busy
+        # the machine) the queue only fills
+        slowest, sent = 0.0, 0
+        while not writer_stuck.wait(0.05):
+            slowest = max(slowest, submit_all(rec, stuck[sent : sent + 1]))
+            sent += 1
+        slowest = max(slowest, submit_all(rec, stuck[sent:]))
         assert rec.packets_dropped > 0
         disk_stuck.set()
         # From 3 s on, submitted no faster than the writer takes them: nothing else is
