@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,6 +67,14 @@ class CliResult:
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
+
+    def delivered(self) -> tuple[int, int]:
+        """(video frames the server acknowledged, video frames captured while live) from the
+        run's ``delivered`` line. A camera on a busy machine skips frames (as a sensor
+        does): what it did capture is what a viewer must get."""
+        [line] = [x for x in self.stderr.splitlines() if " delivered " in x]
+        numbers = dict(re.findall(r"(video_frames|captured_live)=(\d+)", line))
+        return int(numbers["video_frames"]), int(numbers["captured_live"])
 
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -23,7 +23,8 @@ from streamer.rtmp.client import RtmpPublisher
 from streamer.rtmp.url import parse_url
 from tests.rtmpserver import RESTART
 
-pytestmark = pytest.mark.slow  # about 20 s: 4.3 GB through loopback
+# about 20 s: 4.3 GB through loopback, a core and more; `make test` runs it with the heavy ones
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 # Under nginx-rtmp's 1 MiB max_message: fewer, bigger messages cost less Python per byte.
 FRAME = 900_000
