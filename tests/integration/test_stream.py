@@ -52,13 +52,15 @@ def test_ten_seconds_recorded_by_the_server_decode_completely(
     # (the server's last acknowledgement may not have come before the end)
     assert len(report.video_pts_ms) >= captured - 1 and delivered >= captured - 2
     assert captured >= 0.9 * DURATION * FPS
+    skipped_by_camera = max(0, DURATION * FPS + 1 - captured)
     assert report.frames_decoded == len(report.video_pts_ms)
     assert len(report.audio_pts_ms) >= 0.97 * DURATION * AUDIO_FRAMES_PER_S
     assert report.video_keyframes[0], "the first video packet must be a keyframe"
-    # a keyframe every 2 s
+    # a keyframe every 2 s (every 60 frames: later by the frames a busy camera skipped)
     key_times = [t for t, k in zip(report.video_pts_ms, report.video_keyframes, strict=True) if k]
-    assert len(key_times) >= DURATION // 2
-    assert all(1900 <= b - a <= 2100 for a, b in itertools.pairwise(key_times))
+    assert len(key_times) >= DURATION // 2 - skipped_by_camera // (2 * FPS)
+    longest = 2100 + 1000 * skipped_by_camera / FPS
+    assert all(1900 <= b - a <= longest for a, b in itertools.pairwise(key_times)), key_times
     for track in (report.video_pts_ms, report.audio_pts_ms):
         assert all(b > a for a, b in itertools.pairwise(track)), "timestamps not rising"
     assert abs(report.audio_pts_ms[0] - report.video_pts_ms[0]) <= 50
@@ -66,7 +68,6 @@ def test_ten_seconds_recorded_by_the_server_decode_completely(
     counters = [c for c in report.counters if c is not None]
     assert len(counters) >= 0.97 * len(report.counters)
     assert all(b > a for a, b in itertools.pairwise(counters)), "frames out of order"
-    skipped_by_camera = max(0, DURATION * FPS + 1 - captured)
     assert counters[-1] - counters[0] + 1 - len(counters) <= skipped_by_camera
     # the sound is the sim microphone's 440 Hz tone
     freq = dominant_frequency(report.audio_samples()[48000:96000], report.sample_rate)
