@@ -72,8 +72,8 @@ class CliResult:
         """(video frames the server acknowledged, video frames captured while live) from the
         run's ``delivered`` line. A camera on a busy machine skips frames (as a sensor
         does): what it did capture is what a viewer must get."""
-        [line] = [x for x in self.stderr.splitlines() if " delivered " in x]
-        numbers = dict(re.findall(r"(video_frames|captured_live)=(\d+)", line))
+        [line] = [x for x in self.stderr.splitlines() if "delivered" in x and "captured_live" in x]
+        numbers = dict(re.findall(r'(video_frames|captured_live)"?[=:] ?(\d+)', line))
         return int(numbers["video_frames"]), int(numbers["captured_live"])
 
 

@@ -141,15 +141,20 @@ def test_a_viewer_of_each_server_gets_the_whole_stream(name: str, tmp_path: Path
     )
     assert report.decode_errors == []
     assert (report.width, report.height) == (640, 360)
-    assert video >= 0.95 * SECONDS * FPS
+    # everything captured while live is on the server; the rate a busy machine's camera
+    # keeps is a benchmark's business, here only a floor a stalled capture would miss
+    assert video >= live - 3 and live >= 0.75 * SECONDS * FPS
     assert report.frames_decoded == video
     assert report.video_keyframes[0], "what the server has starts at a keyframe"
     assert report.audio_frames_decoded >= 0.95 * SECONDS * AUDIO_PER_S
     for track in (report.video_pts_ms, report.audio_pts_ms):
         assert all(b > a for a, b in itertools.pairwise(track)), "timestamps not rising"
-    # The sim camera's frame counter, read back from the pictures: none missing.
+    # The sim camera's frame counter, read back from the pictures: in order, and none
+    # missing but what the camera skipped.
     counters = [c for c in report.counters if c is not None]
     assert len(counters) >= 0.97 * video
-    assert counters == list(range(counters[0], counters[0] + len(counters)))
+    assert all(b > a for a, b in itertools.pairwise(counters))
+    skipped_by_camera = max(0, SECONDS * FPS + 1 - live)
+    assert counters[-1] - counters[0] + 1 - len(counters) <= skipped_by_camera
     # What we say reached the server is what it has (its last ack may lag a frame or two).
     assert video - 3 <= delivered <= video

