@@ -84,7 +84,8 @@ def test_status_and_metrics_follow_the_stream_and_stop_stops_it(
         )
         assert first["state"] == second["state"] == "live"
         assert second["resolution"] == "320x180" and second["encoder"] == "libx264"
-        assert second["sent_kbps"] > 0 and second["fps"] > 20
+        # a floor a stalled stream would miss: on a busy machine the camera skips frames
+        assert second["sent_kbps"] > 0 and second["fps"] > 10
         assert second["url"].endswith("/live/***")
         # A clean link drops nothing; what was captured while connecting is counted apart.
         assert {k: second[k] for k in CLEAN} == CLEAN
