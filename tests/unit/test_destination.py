@@ -127,10 +127,19 @@ async def test_cli_a_refused_publish_ends_the_run_with_the_servers_words() -> No
     assert len(run.server.attempts) == 1
 
 
+async def live_again(run: Run, publishes: int) -> None:
+    """The server has seen ``publishes`` publishes and the destination is live on the last
+    (the server sees a publish before the destination has opened its session)."""
+    await until(
+        lambda: len(run.server.publishes) == publishes and run.destination.state == LIVE,
+        f"live on publish {publishes}",
+    )
+
+
 @scenario
 async def test_cli_reconnects_after_being_live_and_starts_a_new_session() -> None:
     async with streaming(quick(), Plan(lose_after=5), Plan(fail=REFUSED), Plan()) as run:
-        await until(lambda: len(run.server.publishes) == 2, "a second publish")
+        await live_again(run, 2)
         await until(lambda: len(run.server.publishes[1].frames) >= 3, "frames after it")
         assert run.visited == [PREPARING, LIVE, RECONNECTING, LIVE]
         reasons = [reason for state, reason in run.states if state == RECONNECTING]
@@ -166,7 +175,7 @@ def test_the_reconnect_budget_is_restored_only_after_60_s_live(
         plans = [Plan(lose_after=3), Plan(fail=REFUSED), live]
         async with streaming(quick(max_reconnects=2), *plans, clock=clock) as run:
             if again:
-                await until(lambda: len(run.server.publishes) == 3, "a third session")
+                await live_again(run, 3)
                 assert run.destination.backoff.attempts == 1
                 await run.stop()
             else:
@@ -181,7 +190,7 @@ def test_the_reconnect_budget_is_restored_only_after_60_s_live(
 @scenario
 async def test_bad_name_after_being_live_is_our_own_ghost_and_retried() -> None:
     async with streaming(quick(), Plan(lose_after=3), Plan(fail=BAD_NAME), Plan()) as run:
-        await until(lambda: len(run.server.publishes) == 2, "a second publish")
+        await live_again(run, 2)
         assert run.visited == [PREPARING, LIVE, RECONNECTING, LIVE]
         assert any("BadName" in reason for state, reason in run.states if state == RECONNECTING)
         await run.stop()
@@ -224,7 +233,7 @@ async def test_service_retries_a_first_connection_that_fails() -> None:
 async def test_service_never_gives_up() -> None:
     s = quick(service=True, max_reconnects=2)
     async with streaming(s, Plan(lose_after=3), *[Plan(fail=REFUSED)] * 6) as run:
-        await until(lambda: len(run.server.publishes) == 2, "live after 6 failed attempts")
+        await live_again(run, 2)  # after 6 failed attempts
         assert len(run.server.attempts) == 8
         await run.stop()
 
