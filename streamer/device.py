@@ -496,12 +496,16 @@ class Device:
     def _follow(self, target: str) -> None:
         """Fire the transitions that take the device state to ``target``, if any do."""
         current = self.state.state
-        if current == target:
-            return
         if len(self.destinations) == 1:
             reason = self.destinations[0].reason
         else:
             reason = ", ".join(f"{d.name} {d.state}" for d in self.destinations)
+        if current == target:
+            # Still reconnecting, for a new reason ("retrying in 8 s", a new error): say it,
+            # so /status and systemd's STATUS= are not left with the first attempt's words.
+            if target == RECONNECTING and reason != self.state.reason:
+                self.state.fire("connection_lost", reason)
+            return
         for trigger in _PATHS.get((current, target), ()):
             self.state.fire(trigger, reason)
 

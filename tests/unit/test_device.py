@@ -155,7 +155,13 @@ def test_the_device_state_follows_its_destinations_through_allowed_transitions(
         device.destinations[0].state, device.destinations[1].state = first, second
         target = derived_state([first, second])
         heard.clear()
+        before = device.state.reason
         device._follow(target)
+        reason = f"a.test {first}, b.test {second}"
+        if current == target == RECONNECTING and reason != before:
+            # still reconnecting, for a new reason: said, so /status and STATUS= follow
+            assert heard == ["reconnecting->reconnecting"] and device.state.reason == reason
+            continue
         if current == target or (current, target) in NO_PATH:
             assert (device.state.state, heard) == (current, [])
             continue
@@ -235,13 +241,18 @@ async def test_cli_gives_up_after_max_reconnects() -> None:
     async with running(quick(max_reconnects=2), a_test=a) as run:
         error = await run.outcome()
     assert error is not None and str(error).startswith("gave up after 2 reconnect attempts")
-    assert run.transitions == [
+    changes = [t for t in run.transitions if t != "reconnecting->reconnecting"]
+    assert changes == [
         "idle->preparing",
         "preparing->live",
         "live->reconnecting",
         "reconnecting->error",
         "error->idle",
     ]
+    # each refused attempt is said while reconnecting, not only the first loss
+    reasons = run.reasons(RECONNECTING)
+    assert reasons[0].startswith("server closed the connection; retrying in")
+    assert any(r.startswith("could not connect to a.test:1935") for r in reasons[1:]), reasons
 
 
 # -- the capture side fails -------------------------------------------------------
