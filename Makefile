@@ -30,7 +30,8 @@ demo: setup
 
 # Everything, as CI runs it: four test processes at once (most tests wait on real time,
 # streams and servers, not on the CPU; those marked `heavy` take turns in one of them), then
-# the tests marked `alone` (they load the machine on purpose) by themselves. The 15 slowest tests are listed at the end of each part.
+# the tests marked `alone` (they load the machine on purpose) by themselves. The 15 slowest
+# tests are listed at the end of each part.
 test: setup interop
 	$(BIN)/python -m pytest -q -n 4 --dist loadgroup -m "not alone"; together=$$?; \
 	$(BIN)/python -m pytest -q -m alone; alone=$$?; \

@@ -7,6 +7,7 @@ exceptions, because FFmpeg conceals many broken frames without raising.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -56,6 +57,20 @@ def read_counter(luma: npt.NDArray[np.uint8], height: int) -> int | None:
             return None
         digits.append(best)
     return int("".join(digits))
+
+
+def check_counters_as_captured(counters: list[int], frames_in_run: int, captured: int) -> int:
+    """The sim camera's frame counters read back: in capture order, none twice, and none
+    missing but what the camera skipped (a reader that is late loses frames, as a sensor's
+    does; ``captured`` frames of the ``frames_in_run`` its clock made were read). Returns
+    how many it skipped."""
+    assert all(b > a for a, b in itertools.pairwise(counters)), f"frames out of order: {counters}"
+    skipped_by_camera = max(0, frames_in_run + 1 - captured)
+    missing = counters[-1] - counters[0] + 1 - len(counters)
+    assert missing <= skipped_by_camera, (
+        f"{missing} frames missing, the camera skipped {skipped_by_camera}"
+    )
+    return skipped_by_camera
 
 
 @contextlib.contextmanager

@@ -10,27 +10,16 @@ count checked against the recording in tests/integration/test_interop.py.
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
 
 from streamer.localserver import LocalRtmpServer
 from streamer.rtmp import message as m
-from tests.conftest import CliResult, run_cli
+from tests.conftest import run_cli
 from tests.media_check import analyze_file
 from tests.netproxy import ThrottleProxy
 from tests.rtmpserver import ScriptedServer, ServerThread
-
-DELIVERED = re.compile(r"captured_live=(\d+).*video_frames=(\d+)")
-
-
-def delivered(result: CliResult) -> tuple[int, int]:
-    """(frames the server acknowledged, frames captured while live) from the last log line."""
-    [line] = [x for x in result.stderr.splitlines() if "delivered" in x and "captured_live" in x]
-    match = DELIVERED.search(line)
-    assert match is not None, line
-    return int(match.group(2)), int(match.group(1))
 
 
 @pytest.mark.slow
@@ -48,7 +37,7 @@ def test_a_server_that_stops_reading_fails_the_run_with_the_frames_it_got() -> N
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [x for x in result.stderr.splitlines() if x.startswith("streamer: error:")]
     assert len(errors) == 1, result.stderr[-3000:]
-    got, live = delivered(result)
+    got, live = result.delivered()
     print(f"hung server: {got} of {live} frames acked, {at_server} read; exit in {took:.1f} s")
     assert errors[0].startswith(f"streamer: error: only {got} of {live} video frames")
     assert "hung-key" not in result.output
@@ -75,7 +64,7 @@ def test_a_run_squeezed_to_40_percent_of_its_bitrate_still_succeeds(
     rtmp_server.stop()  # finalises the recording
     [recording] = rtmp_server.recordings()
     report = analyze_file(recording)
-    got, live = delivered(result)
+    got, live = result.delivered()
     print(f"40 % squeeze: {got} of {live} frames acknowledged, {report.frames_decoded} decoded")
     assert report.decode_errors == []
     # Never more than the server has; short by at most the last unacknowledged bytes.
