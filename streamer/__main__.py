@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import structlog
 
@@ -22,6 +22,9 @@ from streamer.exc import ConfigError, StreamerError
 from streamer.settings import Settings
 from streamer.state import ERROR, LIVE, RECONNECTING, mermaid_diagram
 from streamer.systemd import Notifier, watchdog_pings
+
+if TYPE_CHECKING:
+    from streamer.status import PageSecurity
 
 log = structlog.get_logger("streamer")
 
@@ -187,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--status-port",
         type=_ranged(int, 0, 65535),
-        help="status page and /metrics on 127.0.0.1 (8089; 0 = off)",
+        help="port of the status page and /metrics (8089; 0 = off)",
+    )
+    run.add_argument(
+        "--status-address",
+        metavar="IP",
+        help="address the status page listens on (127.0.0.1; any other needs set-password)",
     )
     run.add_argument(
         "--button", metavar="PIN", help="GPIO pin of the start/stop button, e.g. GPIO17"
@@ -246,6 +254,7 @@ OVERRIDES = {
     "controls.button": "button",
     "controls.led": "led",
     "status.port": "status_port",
+    "status.address": "status_address",
     "record.dir": "record",
     "record.minutes": "record_minutes",
     "record.keep_gb": "record_keep",
@@ -305,6 +314,8 @@ async def stream(
     led: str | None = None,
     *,
     status_port: int = 0,
+    status_address: str = "127.0.0.1",
+    status_security: PageSecurity | None = None,
     streamer: Device | None = None,
     shutdown: asyncio.Event | None = None,
 ) -> None:
@@ -331,15 +342,22 @@ async def stream(
             loop.add_signal_handler(sig, shutdown.set)
         status = None
         if status_port:
-            from streamer.status import StatusServer
+            from streamer.status import PageSecurity, StatusServer
 
-            status = StatusServer(
-                lambda: {**streamer.snapshot(), "controls": panel.summary()},
-                on_start=lambda: streamer.start("status page"),
-                on_stop=lambda: streamer.stop("status page"),
-                port=status_port,
-            )
+            security = status_security or PageSecurity()
             try:
+                status = StatusServer(
+                    lambda: {**streamer.snapshot(), "controls": panel.summary()},
+                    on_start=lambda: streamer.start("status page"),
+                    on_stop=lambda: streamer.stop("status page"),
+                    port=status_port,
+                    host=status_address,
+                    history=streamer.history.as_json,
+                    preview=streamer.preview_jpeg,
+                    password_hash=security.password_hash,
+                    metrics_token=security.metrics_token,
+                    ssl_context=security.ssl_context,
+                )
                 await status.start()
             except StreamerError as exc:
                 # The stream matters more than its status page: say so and go on.
@@ -409,12 +427,21 @@ def run(args: argparse.Namespace) -> None:
     logsetup.configure(config.log.level, config.log.format)
     settings = settings_from(config, args)
     controls = config.controls
+    security = None
+    if config.status.port:
+        # A page that cannot be protected as configured stops the start (exit 2), before any
+        # hardware is opened: it is never served open instead.
+        from streamer.status import page_security
+
+        security = page_security(config.status, config.path)
     asyncio.run(
         stream(
             settings,
             controls.button or None,
             controls.led or None,
             status_port=config.status.port,
+            status_address=config.status.address,
+            status_security=security,
         )
     )
 

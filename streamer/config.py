@@ -29,6 +29,7 @@ tables of the file from 1. ``--url`` (repeatable) replaces them all.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import stat
@@ -105,6 +106,11 @@ class ControlsSection:
 @dataclass(frozen=True, slots=True)
 class StatusSection:
     port: int = 8089  # 0 = no status page
+    address: str = "127.0.0.1"  # any other address needs a password (streamer set-password)
+    password_file: Path | None = None  # None: status-password next to the config file
+    tls_cert: Path | None = None  # both set: the page is served over HTTPS
+    tls_key: Path | None = None
+    metrics_token_file: Path | None = None  # a bearer token Prometheus may scrape with
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +294,23 @@ def _path(value: Any) -> Path | None:
     return Path(text) if text else None
 
 
+# Fields naming a file or directory: relative ones are taken next to the config file.
+PATH_KEYS = ("key_file", "dir", "password_file", "tls_cert", "tls_key", "metrics_token_file")
+
+
+def _address(value: Any) -> str:
+    """An IP address to listen on ("0.0.0.0" or "::" for all), or "localhost"."""
+    text = _string(value).strip()
+    if text == "localhost":
+        return text
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise _Invalid(
+            f'= {_show(value)} is not an IP address (e.g. "127.0.0.1", "0.0.0.0" or "::")'
+        ) from None
+
+
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
@@ -344,7 +367,17 @@ SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
         },
     ),
     "controls": (ControlsSection, {"button": _pin, "led": _pin}),
-    "status": (StatusSection, {"port": _integer(0, 65535, " (0 disables the status page)")}),
+    "status": (
+        StatusSection,
+        {
+            "port": _integer(0, 65535, " (0 disables the status page)"),
+            "address": _address,
+            "password_file": _path,
+            "tls_cert": _path,
+            "tls_key": _path,
+            "metrics_token_file": _path,
+        },
+    ),
     "record": (
         RecordSection,
         {
@@ -466,7 +499,7 @@ def _table(
         except _Invalid as exc:
             raise ConfigError(f"{where}: {label}.{key} {exc}") from None
         sources[f"{label}.{key}"] = where
-    for key in ("key_file", "dir"):
+    for key in PATH_KEYS:
         named = values.get(key)
         if isinstance(named, Path) and not named.is_absolute():
             values[key] = path.parent.absolute() / named  # not the service's cwd

@@ -42,6 +42,7 @@ from streamer.encode.filters import FilterChain
 from streamer.encode.h264 import H264Encoder
 from streamer.encode.select import ready_config
 from streamer.exc import DeviceError, PublishRejected, StreamerError
+from streamer.history import History
 from streamer.media import AudioConfig, VideoConfig
 from streamer.pipeline import Fanout, Pipeline
 from streamer.record import Recorder
@@ -224,6 +225,9 @@ class Device:
         self._shutdown: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None  # the one run runs on
+        # The status page's charts and event list (wall-clock times: they are shown to people).
+        self.history = History()
+        self.state.subscribe(self._remember_transition)
 
     # -- what it is doing: stats line, /status, /metrics -----------------------
 
@@ -485,6 +489,11 @@ class Device:
         if destination.state == LIVE and self._deadline is None and self.s.duration:
             self._deadline = self._clock() + self.s.duration
         if self.s.destinations[1:]:
+            self.history.event(
+                time.time(),
+                "destination",
+                f"{destination.name} {destination.state}: {self._log.redact(destination.reason)}",
+            )
             log.info(
                 "destination",
                 name=destination.name,
@@ -492,6 +501,11 @@ class Device:
                 reason=destination.reason,
             )
         self._wake.set()
+
+    def _remember_transition(self, old: str, new: str, reason: str) -> None:
+        kind = {RECONNECTING: "reconnect", ERROR: "error"}.get(new, "state")
+        text = f"{old} → {new}" + (f": {self._log.redact(reason)}" if reason else "")
+        self.history.event(time.time(), kind, text)
 
     def _follow(self, target: str) -> None:
         """Fire the transitions that take the device state to ``target``, if any do."""
@@ -526,6 +540,7 @@ class Device:
             queue_ms=slowest.outbox.depth_ms if slowest.outbox else 0,
         )
         pipeline.video.set_bitrate(target)
+        self.history.event(time.time(), "bitrate", f"{target} kbps (for {slowest.name})")
 
     def _maybe_log_stats(self, now: float) -> None:
         if now - self._stats_at < STATS_INTERVAL:
@@ -533,7 +548,15 @@ class Device:
         self._stats_at = now
         for d in self.destinations:
             d.sample_rates(now)
-        log.info("stats", **self.numbers(), elapsed=f"{now - self.started:.0f}s")
+        device = self.numbers()
+        self.history.sample(
+            time.time(),
+            sent_kbps=device["sent_kbps"],
+            target_kbps=device["target_kbps"],
+            queue_ms=device["queue_ms"],
+            dropped=device["dropped"],
+        )
+        log.info("stats", **device, elapsed=f"{now - self.started:.0f}s")
         if self.s.destinations[1:]:
             for d in self.destinations:
                 numbers = d.numbers()
