@@ -122,6 +122,30 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _add_set_password(sub: Any) -> None:
+    """``streamer set-password``: the status page's password, hashed beside the config."""
+    p = sub.add_parser("set-password", help="set the status page's password (needed off loopback)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help=f"the device's settings; the password goes beside it (default {DEFAULT_PATH})",
+    )
+    p.add_argument(
+        "--stdin",
+        action="store_true",
+        help="read the password as one line from stdin (automatic when stdin is not a terminal)",
+    )
+    p.add_argument(
+        "--owner", metavar="USER", help="give the file to USER (default: streamer, if it exists)"
+    )
+
+
+def _set_password(args: argparse.Namespace) -> int:
+    from streamer.auth import set_password_command
+
+    return set_password_command(args.config, args.stdin, args.owner)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="streamer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--button", metavar="PIN", help="overrides [controls] button")
     doctor.add_argument("--led", metavar="PIN", help="overrides [controls] led")
+    _add_set_password(sub)
     return parser
 
 
@@ -461,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(mermaid_diagram())
         elif args.command == "doctor":
             return doctor(args)
+        elif args.command == "set-password":
+            return _set_password(args)
     except StreamerError as exc:
         logsetup.fatal(exc.message, exc.exit_code)
         return exc.exit_code
