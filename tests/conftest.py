@@ -23,6 +23,19 @@ from streamer import log as logsetup
 from streamer.localserver import LocalRtmpServer
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where the screenshots a run saved are (tests add ``("screenshot", path)``)."""
+    shots = [
+        str(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == "screenshot"
+    ]
+    for shot in dict.fromkeys(shots):
+        terminalreporter.write_line(f"screenshot of the status page: {shot}")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``heavy`` run one after another in one test process (first, as they
     take longest), never side by side: each measures latency while using a core."""

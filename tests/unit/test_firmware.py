@@ -39,7 +39,7 @@ SCHEMA: dict[str, set[str]] = {
         "error_cooldown_s",
     },
     "controls": {"button", "led"},
-    "status": {"port"},
+    "status": {"port", "address"},
     "record": {"dir", "minutes", "keep_gb"},
     "log": {"level", "format"},
 }
@@ -172,9 +172,24 @@ def test_config_parses_and_follows_the_schema() -> None:
         "error_cooldown_s": 60,
     }
     assert config["controls"] == {"button": "GPIO17", "led": "GPIO27"}
-    assert config["status"] == {"port": 8089}
+    assert config["status"] == {"port": 8089, "address": "127.0.0.1"}
     assert config["record"] == {"dir": "", "minutes": 5, "keep_gb": 4}  # off until a dir is set
     assert config["log"] == {"level": "info", "format": "auto"}
+
+
+def test_the_commented_status_options_parse_once_uncommented(tmp_path: Path) -> None:
+    text = CONFIG.read_text()
+    optional = ("password_file", "tls_cert", "tls_key", "metrics_token_file")
+    for key in optional:
+        assert f"\n# {key} = " in text, key
+        text = text.replace(f"\n# {key} = ", f"\n{key} = ")
+    from streamer.config import load_config
+
+    (tmp_path / "config.toml").write_text(text)
+    status = load_config(tmp_path / "config.toml").status
+    assert status.password_file == Path("/etc/streamer/status-password")
+    assert status.metrics_token_file == tmp_path / "metrics-token"  # next to the config
+    assert status.tls_cert is not None and status.tls_key is not None
 
 
 def test_the_commented_second_destination_works_once_uncommented(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamer.exc import ConfigError
-from streamer.state import STATES
 from streamer.metrics import render_metrics
 from streamer.page import format_value, render_page
+from streamer.state import STATES
 from streamer.status import (
     CONTROL_HEADER,
     CONTROL_VALUE,

@@ -81,9 +81,7 @@ def test_everything_but_login_needs_it(guarded: ServerThread) -> None:
     assert request(port, "POST", "/stop", headers=CONTROL).status == 401
 
 
-def test_a_login_gives_a_session_that_opens_everything(
-    guarded: ServerThread, calls: Calls
-) -> None:
+def test_a_login_gives_a_session_that_opens_everything(guarded: ServerThread, calls: Calls) -> None:
     port = guarded.port
     reply = login(port, PASSWORD)
     assert reply.status == 303 and reply.headers["location"] == "/"
