@@ -185,9 +185,12 @@ def test_the_commented_status_options_parse_once_uncommented(tmp_path: Path) -> 
         text = text.replace(f"\n# {key} = ", f"\n{key} = ")
     from streamer.config import load_config
 
+    text = text.replace("/etc/streamer/", f"{tmp_path}/")
+    (tmp_path / "stream.key").write_text("key\n")
+    (tmp_path / "stream.key").chmod(0o600)
     (tmp_path / "config.toml").write_text(text)
     status = load_config(tmp_path / "config.toml").status
-    assert status.password_file == Path("/etc/streamer/status-password")
+    assert status.password_file == tmp_path / "status-password"
     assert status.metrics_token_file == tmp_path / "metrics-token"  # next to the config
     assert status.tls_cert is not None and status.tls_key is not None
 
