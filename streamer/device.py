@@ -45,6 +45,7 @@ from streamer.exc import DeviceError, PublishRejected, StreamerError
 from streamer.history import History
 from streamer.media import AudioConfig, VideoConfig
 from streamer.pipeline import Fanout, Pipeline
+from streamer.preview import Preview
 from streamer.record import Recorder
 from streamer.settings import Settings
 from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, DeviceState, Listener
@@ -105,6 +106,8 @@ class PipelineLike(Protocol):
     def filters(self) -> FilterChain | None: ...
     @property
     def recorder(self) -> Recorder | None: ...
+    @property
+    def preview(self) -> Preview: ...
     def start(self) -> None: ...
     def check(self) -> None: ...
     async def stop(self) -> None: ...
@@ -273,6 +276,18 @@ class Device:
             **self.numbers(),
             "destinations": destinations,
         }
+
+    def preview_jpeg(self) -> bytes | None:
+        """The live picture as a JPEG (at most 640 px wide, at most one encode a second).
+
+        None when idle (no capture) or before the first picture. It blocks for
+        the encode, so the event loop asks ``await asyncio.to_thread(device.preview_jpeg)``.
+        """
+        pipeline = self.pipeline
+        if pipeline is None:
+            return None
+        with self._logging():
+            return pipeline.preview.jpeg(self._clock())
 
     def subscribe(self, listener: Listener) -> None:
         """``listener(old, new, reason)`` after every change of the device state."""

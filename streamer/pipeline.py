@@ -35,6 +35,7 @@ from streamer.hardware.base import (
 )
 from streamer.media import Packet, VideoConfig
 from streamer.net.sendqueue import MAX_FRAME_BYTES, Reason, SendQueue
+from streamer.preview import Preview
 from streamer.record import Recorder
 from streamer.settings import Settings
 
@@ -167,12 +168,14 @@ class Pipeline:
     What the encoders make goes to ``fanout``: the destinations' outboxes and
     the recorder. ``Settings.camera`` and ``microphone`` are names built from
     ``streamer.backends``, or the app's own source objects, used as they are
-    (opened in ``start``, closed in ``stop``).
+    (opened in ``start``, closed in ``stop``). ``preview`` sees every filtered
+    frame and video packet (the status page's picture).
     """
 
     def __init__(self, s: Settings, fanout: Fanout) -> None:
         self.clock = MediaClock()
         self.fanout = fanout
+        self.preview = Preview()
         self.camera: VideoSource | None = None
         self.encoded: EncodedVideoSource | None = None
         self.video: H264Encoder | CameraEncoder
@@ -191,7 +194,7 @@ class Pipeline:
                 s.width, s.height, s.fps, s.video_bitrate_kbps, camera_number(arg)
             )
             self.encoded = source
-            self.video = CameraEncoder(source, self.clock, fanout.push, s.video_bitrate_kbps)
+            self.video = CameraEncoder(source, self.clock, self._video_out, s.video_bitrate_kbps)
         else:
             self.camera = (
                 make_camera(s.camera, s.width, s.height, s.fps)
@@ -241,6 +244,7 @@ class Pipeline:
         if self.microphone is not None:
             self.microphone.open()
         camera, clock, video, fanout = self.camera, self.clock, self.video, self.fanout
+        preview = self.preview
         self.threads = []
         if self.encoded is not None and isinstance(video, CameraEncoder):
             self.encoded.start(video.on_frame)
@@ -254,10 +258,11 @@ class Pipeline:
                 if chain is not None:
                     frame = chain.process(frame)
                     chain.adapt()  # too slow for the frame rate: lighten the chain, once
+                preview.offer_frame(frame)
                 return encoder.encode(frame, clock.to_ms(captured))
 
             self.threads.append(
-                CaptureThread("video", video_step, lambda: encoder.encode(None), fanout.push)
+                CaptureThread("video", video_step, lambda: encoder.encode(None), self._video_out)
             )
         mic, audio = self.microphone, self.audio
         if mic is not None and audio is not None:
@@ -271,6 +276,11 @@ class Pipeline:
             )
         for t in self.threads:
             t.start()
+
+    def _video_out(self, packets: list[Packet]) -> None:
+        """Video packets, on either path: the preview keeps the latest keyframe, then out."""
+        self.preview.offer_packets(packets)
+        self.fanout.push(packets)
 
     def check(self) -> None:
         """Raise the failure of a capture thread, if one died."""

@@ -22,6 +22,7 @@ import structlog
 from streamer.exc import ConnectionLost, StreamerError
 from streamer.media import Kind, Packet, VideoConfig
 from streamer.pipeline import Fanout
+from streamer.preview import Preview
 from streamer.settings import Settings, Target
 
 log = structlog.get_logger("tests.fake")
@@ -236,6 +237,7 @@ class FakePipeline:
         self.audio = None
         self.filters = None
         self.recorder = None
+        self.preview = Preview()
         self.fail: StreamerError | None = None
         self.started = self.stopping = self.stopped = False
         self.count = 0

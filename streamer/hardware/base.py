@@ -45,6 +45,8 @@ class VideoSource(Protocol):
       capture instant in ``time.monotonic()`` seconds. The instants are the
       video's timestamps: stamp when the frame was captured, not when it was
       read (a frame not later than the one before goes 1 ms after it).
+      Return a new frame each time, never one whose buffer a later read
+      overwrites: the status page's preview keeps the last one by reference.
       Called from a capture thread of its own, never from the event loop; an
       exception ends the run as a device error.
     - ``close()``: release the device; ``read()`` is not called after it.
