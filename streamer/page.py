@@ -81,6 +81,7 @@ th { font-weight: 600; width: 40%; }
 td { font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
 .foot { font-size: .85rem; color: #666; }
 #destinations { margin-top: 1rem; }
+.wide { overflow-x: auto; }
 #destinations th { width: auto; font-size: .9rem; }
 #destinations .sub { font-size: .8rem; color: #666; }
 #destinations tr[data-state="live"] td:nth-child(2) { color: #2e7d32; }
@@ -418,15 +419,6 @@ def render_page(snapshot: Mapping[str, Any], *, logout: bool = False) -> str:
 {NOSCRIPT_REFRESH_S} s.</p></noscript>
 <div id="preview-box"><img id="preview" alt="what the camera sees" hidden>
 <div id="preview-none">no picture yet</div></div>
-<table>
-{rows}
-</table>
-<table id="destinations"{hidden}>
-<thead><tr>{headings}</tr></thead>
-<tbody id="d-rows">
-{destination_rows}
-</tbody>
-</table>
 <h2>Last 15 minutes</h2>
 <div class="charts">
 {CHARTS}
@@ -434,6 +426,18 @@ def render_page(snapshot: Mapping[str, Any], *, logout: bool = False) -> str:
 <h2>Events</h2>
 <ol id="events"></ol>
 <p id="no-events" class="foot">none yet</p>
+<h2>Now</h2>
+<table>
+{rows}
+</table>
+<div class="wide">
+<table id="destinations"{hidden}>
+<thead><tr>{headings}</tr></thead>
+<tbody id="d-rows">
+{destination_rows}
+</tbody>
+</table>
+</div>
 <p class="foot">Updated <span id="updated">{esc(formatdate(localtime=True))}</span> ·
 <a href="/status">JSON</a> · <a href="/metrics">metrics</a></p>
 </main>

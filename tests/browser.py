@@ -249,9 +249,18 @@ class Browser:
                 self.fail(f"timed out waiting for {what}")
             time.sleep(0.05)
 
-    def screenshot(self, path: Path) -> Path:
-        """The page as it is drawn now, as a PNG file."""
-        shot = self.call("Page.captureScreenshot", {"format": "png"})
+    def screenshot(self, path: Path, width: int = 412) -> Path:
+        """The whole page as a phone ``width`` CSS pixels wide draws it now, as a PNG file."""
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": True},
+        )
+        size = self.call("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": width, "height": size["height"], "scale": 1}
+        shot = self.call(
+            "Page.captureScreenshot",
+            {"format": "png", "clip": clip, "captureBeyondViewport": True},
+        )
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
 

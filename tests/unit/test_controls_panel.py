@@ -106,7 +106,7 @@ def test_no_controls_configured_says_nothing(log_lines: io.StringIO) -> None:
 
 
 def test_the_status_page_shows_the_controls_line() -> None:
-    from streamer.status import render_page
+    from streamer.page import render_page
 
     page = render_page({"state": "live", "controls": "LED GPIO27 unavailable: no factory"})
     assert '<td id="f-controls">LED GPIO27 unavailable: no factory</td>' in page
