@@ -41,6 +41,7 @@ import asyncio
 import errno
 import ipaddress
 import json
+import logging
 import math
 import re
 import ssl
@@ -164,6 +165,18 @@ def _text(status: int, why: str = "", **headers: str) -> web.Response:
     return web.Response(
         status=status, text=f"{status} {phrase}{': ' + why if why else ''}\n", headers=headers
     )
+
+
+def _quietly(record: logging.LogRecord) -> bool:
+    """aiohttp logs a client's malformed request as an error with a traceback: a client's
+    garbage is not our error. Said at debug, in one line, like every request."""
+    error = record.exc_info[1] if record.exc_info else None
+    log.debug("bad status request", error=str(error or record.getMessage()).strip())
+    return False
+
+
+_HTTP_LOG = logging.getLogger("streamer.status.http")
+_HTTP_LOG.addFilter(_quietly)
 
 
 def _redirect(location: str) -> web.Response:
@@ -366,6 +379,7 @@ class StatusServer:
         runner = web.AppRunner(
             self._app(),
             access_log=None,
+            logger=_HTTP_LOG,
             handle_signals=False,
             shutdown_timeout=1.0,
             keepalive_timeout=self.timeout,
@@ -418,6 +432,10 @@ class StatusServer:
         return response
 
     async def _checked(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.version not in ((1, 0), (1, 1)):
+            return _text(505, "only HTTP/1.0 and HTTP/1.1")
+        if request.version == (1, 1) and "Host" not in request.headers:
+            return _text(400, "HTTP/1.1 request without Host")
         for name in ("Host", "Origin", CONTROL_HEADER, "Cookie", "Authorization"):
             if len(request.headers.getall(name, [])) > 1:
                 return _text(400, f"repeated {name} header")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import socket
 import threading
@@ -551,6 +552,17 @@ def test_garbage_gets_4xx_or_a_close_and_the_server_goes_on(
         assert 400 <= parse(raw).status < 500 or parse(raw).status == 505
     assert (calls.start, calls.stop) == (0, 0)
     assert request(server.port, "GET", "/status").status == 200
+
+
+def test_garbage_is_not_logged_above_debug(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG), structlog.testing.capture_logs() as logs:
+        for data in GARBAGE[:6]:
+            exchange(server.port, data)
+    assert [r.getMessage() for r in caplog.records if r.levelno > logging.DEBUG] == []
+    assert [e for e in logs if e["log_level"] != "debug"] == []
+    assert any(e["event"] == "bad status request" for e in logs)
 
 
 def test_random_bytes_never_hurt_the_server(calls: Calls) -> None:
