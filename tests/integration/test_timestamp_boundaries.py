@@ -20,7 +20,7 @@ from streamer.device import Device
 from streamer.localserver import LocalRtmpServer
 from streamer.rtmp.session import SESSION_LIMIT_MS
 from streamer.settings import Settings
-from tests.media_check import MediaReport, analyze_file, watch_live
+from tests.media_check import CAPTURE_FLOOR, MediaReport, analyze_file, watch_live
 
 SECONDS = 9  # the stream
 WATCH = 4  # seconds of video the viewer watches
@@ -61,9 +61,11 @@ def test_a_viewer_decodes_across_a_timestamp_boundary(
     rtmp_server.stop()
 
     assert viewer.decode_errors == []
-    assert viewer.frames_decoded >= 0.8 * WATCH * 30, viewer.frames_decoded
+    # No stall: frames keep coming (a camera on a busy machine skips some; the rate it keeps
+    # is a benchmark's business, so only a floor that a stalled stream would miss).
     gaps = [b - a for a, b in itertools.pairwise(viewer.arrivals)]
     assert max(gaps) < 1.0, f"the viewer stalled for {max(gaps):.1f} s"
+    assert viewer.frames_decoded >= CAPTURE_FLOOR * WATCH * 30, viewer.frames_decoded
 
     paths = rtmp_server.recordings()
     # The session that runs across 2^24, or the one that starts anew at 0. (A first
