@@ -440,6 +440,8 @@ def doctor(args: argparse.Namespace) -> int:
         encoder=config.video.encoder,
         button=config.controls.button,
         led=config.controls.led,
+        status=config.status,
+        config_path=config.path,
     )
     if problem:
         print(f"FAIL  {logsetup.redact(problem)}  -> fix: edit the file (firmware/README.md)")

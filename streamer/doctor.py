@@ -30,16 +30,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from streamer import backends
 from streamer.backends import split_spec
+from streamer.config import StatusSection
 from streamer.encode.select import (
     libx264_unavailable_reason,
     v4l2m2m_unavailable_reason,
     video_device_names,
 )
-from streamer.exc import StreamerError
+from streamer.exc import ConfigError, StreamerError
 from streamer.rtmp.handshake import client_handshake
 from streamer.rtmp.url import REDACTED, RtmpUrl, parse_url
 from streamer.settings import Target
@@ -603,6 +605,27 @@ async def _handshake(url: RtmpUrl, timeout: float) -> None:
                 await writer.wait_closed()
 
 
+def check_status_page(section: StatusSection, config_path: Path | None) -> list[Finding]:
+    """The page's address, password, token and TLS files, read as `run` reads them."""
+    if not section.port:
+        return [Finding("info", "status page off ([status] port = 0)")]
+    from streamer.status import is_loopback_listen, page_security
+
+    scheme = "https" if section.tls_cert else "http"
+    where = f"{scheme}://{section.address}:{section.port}/"
+    try:
+        page_security(section, config_path)
+    except ConfigError as exc:
+        return [Finding("FAIL", f"status page {where}: {exc.message}", "see the line above")]
+    if is_loopback_listen(section.address):
+        who = "this device only; `streamer set-password` and [status] address open it to the LAN"
+    else:
+        who = "with a password"
+        if section.metrics_token_file:
+            who += "; /metrics also with the bearer token"
+    return [Finding("ok", f"status page {where} ({who})")]
+
+
 # --- the report ------------------------------------------------------------------
 
 
@@ -627,6 +650,8 @@ def run_doctor(
     encoder: str = "auto",
     button: str = "",
     led: str = "",
+    status: StatusSection | None = None,
+    config_path: Path | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Print the findings; 0 when the configured pipeline can run, 1 when something stops it.
@@ -645,6 +670,7 @@ def run_doctor(
         ("encoders", lambda: check_encoders(encoder, audio)),
         ("controls", lambda: check_controls(button, led)),
         ("groups", lambda: check_groups(_needed_groups(camera, microphone, encoder, controls))),
+        ("status page", lambda: check_status_page(status or StatusSection(), config_path)),
     ]
     for url in urls:
         if isinstance(url, Target):

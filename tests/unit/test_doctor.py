@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +23,7 @@ from streamer.localserver import LocalRtmpServer, free_port
 KEY = "s3cretKEY-42"
 
 
-def doctor_output(url: str | None = None, **kwargs: str) -> tuple[int, list[str]]:
+def doctor_output(url: str | None = None, **kwargs: Any) -> tuple[int, list[str]]:
     out = io.StringIO()
     code = run_doctor([url] if url else [], out=out, **kwargs)
     text = out.getvalue()
@@ -305,3 +307,24 @@ def test_the_shipped_pins_on_a_board_without_gpio_fail(pin_factory: None) -> Non
     assert all('[controls] button = "" and led = ""' in line for line in gpio)
     assert "info  LED GPIO27: GPIO27 on a 40-pin Raspberry Pi header" in lines
     assert lines[-1].startswith("FAIL") and "this configuration can run" not in lines
+
+
+def test_the_status_page_is_checked_as_run_reads_it(tmp_path: Path) -> None:
+    from streamer.auth import hash_password, password_path
+    from streamer.config import StatusSection
+
+    config = tmp_path / "config.toml"
+    lan = StatusSection(address="0.0.0.0")
+    out = io.StringIO()
+    assert run_doctor([], status=lan, config_path=config, out=out) == 1
+    [line] = [x for x in out.getvalue().splitlines() if "status page" in x]
+    assert line.startswith("FAIL") and "set-password" in line and str(password_path(config)) in line
+    password_path(config).write_text(hash_password("a long password", n=2**10))
+    password_path(config).chmod(0o600)
+    out = io.StringIO()
+    run_doctor([], status=lan, config_path=config, out=out)
+    [line] = [x for x in out.getvalue().splitlines() if "status page" in x]
+    assert line == "ok    status page http://0.0.0.0:8089/ (with a password)"
+    out = io.StringIO()
+    run_doctor([], status=StatusSection(), config_path=config, out=out)
+    assert "ok    status page http://127.0.0.1:8089/ (this device only;" in out.getvalue()
