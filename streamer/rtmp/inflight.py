@@ -22,7 +22,10 @@ class InFlightWindow:
         self.min_window = min_window
         self._sent: deque[tuple[int, float]] = deque()  # (bytes sent so far, when)
         self._acks: deque[tuple[float, int]] = deque()  # (when, bytes acked so far)
-        self._rtts: deque[tuple[float, float]] = deque()  # (when, rtt)
+        # (when, rtt), rtts rising from the front: the front is the smallest of the last
+        # RTT_SPAN seconds (a sliding-window minimum, O(1) per ack and per read; ``room`` is
+        # asked before every packet).
+        self._rtts: deque[tuple[float, float]] = deque()
         self.acked: int | None = None
 
     def sent(self, total: int, now: float) -> None:
@@ -39,7 +42,10 @@ class InFlightWindow:
         while self._sent and self._sent[0][0] <= total:
             sent_at = self._sent.popleft()[1]
         if sent_at is not None:
-            self._rtts.append((now, now - sent_at))
+            rtt = now - sent_at
+            while self._rtts and self._rtts[-1][1] >= rtt:
+                self._rtts.pop()  # older and no smaller: never the minimum again
+            self._rtts.append((now, rtt))
         while self._rtts and now - self._rtts[0][0] > RTT_SPAN:
             self._rtts.popleft()
         self._acks.append((now, total))
@@ -48,7 +54,7 @@ class InFlightWindow:
 
     @property
     def rtt(self) -> float | None:
-        return min(r for _, r in self._rtts) if self._rtts else None
+        return self._rtts[0][1] if self._rtts else None
 
     @property
     def rate(self) -> float | None:

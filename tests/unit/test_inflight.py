@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from streamer.rtmp.inflight import MIN_WINDOW, TIME_BUDGET, InFlightWindow
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamer.rtmp.inflight import MIN_WINDOW, RTT_SPAN, TIME_BUDGET, InFlightWindow
 
 
 def feed_link(window: InFlightWindow, rate: float, rtt: float, seconds: float) -> None:
@@ -47,3 +50,21 @@ def test_old_or_repeated_acks_change_nothing() -> None:
     window.ack(40_000, 0.1)
     window.ack(30_000, 0.2)
     assert window.acked == 40_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 3.0), st.floats(0.001, 2.0)), min_size=1, max_size=60))
+def test_rtt_is_the_smallest_of_the_last_ten_seconds(steps: list[tuple[float, float]]) -> None:
+    """The sliding minimum equals the plain minimum over the samples kept (RTT_SPAN)."""
+    window = InFlightWindow()
+    now, acked_at, total = 0.0, 0.0, 0
+    samples: list[tuple[float, float]] = []
+    for gap, rtt in steps:
+        now += gap
+        total += 1000
+        window.sent(total, now)
+        acked_at = max(acked_at, now + rtt)  # acks arrive in order
+        window.ack(total, acked_at)
+        samples.append((acked_at, acked_at - now))
+        kept = [r for t, r in samples if acked_at - t <= RTT_SPAN]
+        assert window.rtt == min(kept)
