@@ -25,7 +25,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 
 import structlog
 
@@ -38,7 +38,6 @@ from streamer.destination import (
     rtmp_publisher,
 )
 from streamer.encode.camera import CameraEncoder
-from streamer.encode.filters import FilterChain
 from streamer.encode.h264 import H264Encoder
 from streamer.encode.select import ready_config
 from streamer.exc import DeviceError, PublishRejected, StreamerError
@@ -46,9 +45,12 @@ from streamer.history import History
 from streamer.media import AudioConfig, VideoConfig
 from streamer.pipeline import Fanout, Pipeline
 from streamer.preview import Preview
-from streamer.record import Recorder
 from streamer.settings import Settings
 from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, DeviceState, Listener
+
+if TYPE_CHECKING:
+    from streamer.encode.filters import FilterChain
+    from streamer.record import Recorder
 
 log = structlog.get_logger("streamer")
 

@@ -14,13 +14,13 @@ import contextvars
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from streamer.clock import MediaClock
 from streamer.encode.aac import AacEncoder
 from streamer.encode.camera import CameraEncoder
-from streamer.encode.filters import FilterChain, parse_filter
 from streamer.encode.h264 import H264Encoder
 from streamer.encode.select import open_h264
 from streamer.exc import DeviceError, StreamerError
@@ -36,8 +36,11 @@ from streamer.hardware.base import (
 from streamer.media import Packet, VideoConfig
 from streamer.net.sendqueue import MAX_FRAME_BYTES, Reason, SendQueue
 from streamer.preview import Preview
-from streamer.record import Recorder
 from streamer.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: only a device with filters or a recording needs them
+    from streamer.encode.filters import FilterChain
+    from streamer.record import Recorder
 
 log = structlog.get_logger("streamer")
 
@@ -183,6 +186,8 @@ class Pipeline:
         self.filters: FilterChain | None = None
         if s.filters:
             # Filters need raw frames: on picamera2 they force the raw-frame path.
+            from streamer.encode.filters import FilterChain, parse_filter  # only when asked
+
             specs = [parse_filter(spec) for spec in s.filters]
             self.filters = FilterChain(specs, s.width, s.height, s.fps)
         hardware_path = s.encoder != "libx264" and not s.filters
@@ -218,6 +223,8 @@ class Pipeline:
         """Record the same packets locally; a recording problem never stops the stream."""
         assert s.record_dir is not None
         keep = round(s.record_keep_gb * 1e9) if s.record_keep_gb else None
+        from streamer.record import Recorder  # only when asked
+
         recorder = Recorder(
             Path(s.record_dir),
             video,
