@@ -19,11 +19,14 @@ about a second), raising back works up to that ceiling, and asking for more is
 capped by x264 at the ceiling, so ``set_bitrate`` clamps to it.
 
 Other encoders: FFmpeg's ``h264_v4l2m2m`` sets ``V4L2_CID_MPEG_VIDEO_BITRATE``
-once, in ``v4l2_prepare_encoder`` at open, so through FFmpeg a V4L2 M2M encoder
-can only change bitrate by reopening (new SPS/PPS, a new sequence header and a
-keyframe). The Pi's encoder device itself accepts the control while streaming:
-picamera2's ``H264Encoder`` talks to the same V4L2 device and can set
-``V4L2_CID_MPEG_VIDEO_BITRATE`` while running.
+once, in ``v4l2_prepare_encoder`` at open, so ``V4L2H264Encoder``
+(encode/select.py) changes bitrate by reopening the encoder at the next
+scheduled keyframe (at most once per 2 s, changes under 5 % dropped; new
+SPS/PPS travel with that keyframe; about 10 ms without frames plus a fresh
+first frame, measured on a fake). The Pi's encoder device itself accepts the
+control while streaming: picamera2's ``H264Encoder`` talks to the same V4L2
+device, and ``PicameraEncoded.set_bitrate`` sets ``V4L2_CID_MPEG_VIDEO_BITRATE``
+on it while running (effective from the next frames, no reopen).
 """
 
 from __future__ import annotations

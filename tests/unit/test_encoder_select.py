@@ -8,6 +8,7 @@ the encoder uses, backed by a real libx264 so the packets decode.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
@@ -53,11 +54,25 @@ class FakeV4L2Context:
       once, joined to the first keyframe (``joined``, the Pi since 2020) or
       in a buffer of their own before it (``separate``).
     - Only ``yuv420p`` on the raw side; a failing device fails ``open()``
-      with ``av.error.ArgumentError`` (EINVAL), as FFmpeg does.
+      with ``av.error.ArgumentError`` (EINVAL), as FFmpeg does; ``refuse``
+      fails it with ENOMEM (no memory left for the buffers, VIDIOC_REQBUFS).
+    - ``delay``: buffers in flight in the device's queues, so a packet comes
+      out ``delay`` frames after its frame went in; ``encode(None)`` drains
+      them (V4L2_ENC_CMD_STOP), after which the context takes no more frames
+      (EOF, as FFmpeg's encoders once drained).
     """
 
-    def __init__(self, mode: str = "joined", fail_above: int | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "joined",
+        fail_above: int | None = None,
+        *,
+        delay: int = 0,
+        refuse: bool = False,
+    ) -> None:
         self.mode, self.fail_above = mode, fail_above
+        self.delay, self.refuse = delay, refuse
+        self._in_flight: list[FakePacket] = []
         self.width = self.height = 0
         self.pix_fmt: str | None = None
         self.time_base: Fraction | None = None
@@ -75,6 +90,8 @@ class FakeV4L2Context:
         self._headers_out = False
 
     def open(self) -> None:
+        if self.refuse:
+            raise av.error.MemoryError(12, "Cannot allocate memory")
         if self.fail_above is not None and self.width > self.fail_above:
             raise av.error.ArgumentError(22, "Invalid argument")
         if self.pix_fmt != "yuv420p" or self.max_b_frames:
@@ -117,6 +134,12 @@ class FakeV4L2Context:
                 out.append(FakePacket(_annexb(params), p.pts, p.dts, False))
                 params = []
             out.append(FakePacket(_annexb(params + rest), p.pts, p.dts, bool(p.is_keyframe)))
+        self._in_flight += out
+        if frame is None:  # drained
+            out, self._in_flight = self._in_flight, []
+            return out
+        ready = max(0, len(self._in_flight) - self.delay)
+        out, self._in_flight = self._in_flight[:ready], self._in_flight[ready:]
         return out
 
 
@@ -125,15 +148,27 @@ def _annexb(nals: list[bytes]) -> bytes:
 
 
 class Factory:
-    """Stands in for ``av.CodecContext.create``; keeps every context it made."""
+    """Stands in for ``av.CodecContext.create``; keeps every context it made.
 
-    def __init__(self, mode: str = "joined", fail_above: int | None = None) -> None:
+    ``refuse_from``: the contexts from that many made on fail to open (ENOMEM).
+    """
+
+    def __init__(
+        self,
+        mode: str = "joined",
+        fail_above: int | None = None,
+        *,
+        delay: int = 0,
+        refuse_from: int | None = None,
+    ) -> None:
         self.mode, self.fail_above = mode, fail_above
+        self.delay, self.refuse_from = delay, refuse_from
         self.made: list[FakeV4L2Context] = []
 
     def __call__(self, name: str, mode: str) -> FakeV4L2Context:
         assert (name, mode) == ("h264_v4l2m2m", "w")
-        ctx = FakeV4L2Context(self.mode, self.fail_above)
+        refuse = self.refuse_from is not None and len(self.made) >= self.refuse_from
+        ctx = FakeV4L2Context(self.mode, self.fail_above, delay=self.delay, refuse=refuse)
         self.made.append(ctx)
         return ctx
 
@@ -340,20 +375,166 @@ def test_keyframes_every_two_seconds_although_the_device_ignores_gop_size() -> N
     assert [i for i, k in enumerate(first) if k] == [0, 7, 27]  # the GOP restarts at 7
 
 
-def test_set_bitrate_is_a_logged_no_op() -> None:
-    factory = Factory()
-    enc = open_h264("v4l2m2m", W, H, FPS, 800, create=factory)
+def decode_as_viewer(packets: list[Packet]) -> int:
+    """Frames a player decodes: it starts at the first keyframe's config and
+    starts over with a new decoder when a keyframe brings another one."""
+    dec: Any = None
+    avc_config = b""
+    count = 0
+    for p in packets:
+        if p.keyframe and p.config is not None and p.config.avc_config != avc_config:
+            if dec is not None:
+                count += len(dec.decode(None))
+            avc_config = p.config.avc_config
+            dec = av.CodecContext.create("h264", "r")
+            dec.extradata = avc_config
+        assert dec is not None, "a packet before any keyframe with a config"
+        count += len(dec.decode(av.Packet(p.data)))
+    return count + (len(dec.decode(None)) if dec is not None else 0)
+
+
+def run(
+    enc: V4L2H264Encoder, n: int, at: dict[int, Any] | None = None
+) -> tuple[list[Packet], list[int]]:
+    """Encode ``n`` frames at FPS, calling ``at[i](enc)`` before frame i; the
+    packets (flush included) and the bitrate in effect after each frame."""
+    packets: list[Packet] = []
+    rates = []
+    for i, frame in enumerate(frames(n)):
+        if at and i in at:
+            at[i](enc)
+        packets += enc.encode(frame, i * 1000 // FPS)
+        rates.append(enc.current_bitrate_kbps)
+    return packets + enc.encode(None), rates
+
+
+def keyframes(packets: list[Packet]) -> list[int]:
+    return [p.pts_ms for p in packets if p.keyframe]
+
+
+def test_set_bitrate_reopens_the_encoder_at_the_next_keyframe() -> None:
+    factory = Factory(delay=2)  # frames in flight in the device when it is reopened
+    enc = V4L2H264Encoder(W, H, FPS, 2500, create=factory)
     with capture_logs() as logs:
-        enc.set_bitrate(400)
-        enc.set_bitrate(300)
-        encode_all(enc, 3)
-    assert enc.current_bitrate_kbps == 800 and enc.max_bitrate_kbps == 800
-    ctx = factory.made[0]
-    assert ctx.bit_rate == ctx.opened_bit_rate == 800_000  # never touched after open
-    assert len(logs) == 1
-    assert logs[0]["event"] == "encoder bitrate is fixed" and logs[0]["asked_kbps"] == 400
+        packets, rates = run(enc, 60, {25: lambda e: e.set_bitrate(1000)})
+    # FFmpeg takes bit_rate at open only: a second context, opened at the new rate
+    assert [c.opened_bit_rate for c in factory.made] == [2_500_000, 1_000_000]
+    # at the keyframe that came anyway (GOP 2 s = 20 frames): no extra IDR
+    assert keyframes(packets) == [0, 2000, 4000]
+    assert rates[39] == 2500 and rates[40:] == [1000] * 20 and enc.reopens == 1
+    # the old context was drained first: every frame once, in order, pts rising
+    assert [p.pts_ms for p in packets] == [i * 100 for i in range(60)]
+    switch = next(p for p in packets if p.pts_ms == 4000)
+    assert switch.keyframe and switch.config is not None and switch.config.avc_config
+    assert switch.config.avc_config[0] == 1  # an AVCDecoderConfigurationRecord
+    assert decode_as_viewer(packets) == 60
+    # the new context's output goes only to this stream: the old one's tail first
+    assert factory.made[1].forced == 1  # the switch frame asked for as an IDR
+    (line,) = [e for e in logs if e["event"] == "encoder reopened for a new bitrate"]
+    assert line["log_level"] == "info" and (line["old_kbps"], line["kbps"]) == (2500, 1000)
+    assert line["ms"] >= 0
+    assert [e["event"] for e in logs] == [line["event"], "encoder changed its SPS/PPS"]
+
+
+@pytest.mark.parametrize("mode", ["joined", "separate"])
+def test_the_new_encoders_sps_pps_travel_with_its_first_keyframe(mode: str) -> None:
+    factory = Factory(mode, delay=1)
+    enc = V4L2H264Encoder(W, H, FPS, 2500, create=factory)
+    packets, _ = run(enc, 45, {25: lambda e: e.set_bitrate(1000)})
+    configs = [(p.pts_ms, p.config) for p in packets if p.keyframe]
+    assert [pts for pts, _ in configs] == [0, 2000, 4000]
+    (_, first), (_, second), (_, third) = configs
+    assert first is not None and second is first and third is not None
+    # x264 behind the fake writes a lower level_idc for the lower rate (a Pi may not):
+    # the SPS/PPS the new encoder gave, in the record the switch keyframe carries
+    assert third.avc_config != first.avc_config
+    assert third.avc_config[3] == 20 and first.avc_config[3] == 30  # level 2.0, 3.0
+    assert third is enc.config
+    # parameter sets are only ever in the configs, never in the packets
+    assert all(
+        nal[0] & 0x1F not in (NAL_SPS, NAL_PPS) for p in packets for nal in split_avcc(p.data)
+    )
+    assert decode_as_viewer(packets) == 45
+
+
+def test_small_and_frequent_changes_coalesce_and_the_latest_wins() -> None:
+    factory = Factory()
+    enc = V4L2H264Encoder(W, H, FPS, 2500, create=factory)
+    steps = {
+        5: lambda e: e.set_bitrate(2400),  # 4 %: not worth a reopen, dropped
+        25: lambda e: e.set_bitrate(2000),  # three controller steps before a keyframe...
+        30: lambda e: e.set_bitrate(1800),
+        35: lambda e: e.set_bitrate(1500),  # ...one reopen, at the last
+        45: lambda e: (e.set_bitrate(1200), e.request_keyframe()),  # keyframe 0.5 s after
+        # the reopen: too soon, the wish waits for the next keyframe (2 s after 4.5 s)
+        70: lambda e: e.set_bitrate(9999),  # above the opening rate: clamped to it
+    }
+    with capture_logs() as logs:
+        packets, rates = run(enc, 100, steps)
+    assert [c.opened_bit_rate for c in factory.made] == [2_500_000, 1_500_000, 1_200_000, 2_500_000]
+    assert keyframes(packets) == [0, 2000, 4000, 4500, 6500, 8500]
+    assert rates[:40] == [2500] * 40
+    assert rates[40:65] == [1500] * 25 and rates[65:85] == [1200] * 20 and rates[85:] == [2500] * 15
+    assert [p.pts_ms for p in packets] == [i * 100 for i in range(100)]
+    assert decode_as_viewer(packets) == 100
+    reopens = [e for e in logs if e["event"] == "encoder reopened for a new bitrate"]
+    assert [(e["old_kbps"], e["kbps"]) for e in reopens] == [
+        (2500, 1500),
+        (1500, 1200),
+        (1200, 2500),
+    ]
+
+
+def test_a_failing_reopen_keeps_streaming_at_the_old_rate_with_one_warning() -> None:
+    factory = Factory(refuse_from=1)  # the device has no memory for a second context
+    enc = V4L2H264Encoder(W, H, FPS, 2500, create=factory)
+    steps = {
+        25: lambda e: e.set_bitrate(1000),
+        45: lambda e: e.set_bitrate(800),  # no more attempts for this encoder
+        65: lambda e: e.set_bitrate(600),
+    }
+    with capture_logs() as logs:
+        packets, rates = run(enc, 80, steps)
+    assert len(factory.made) == 2 and factory.made[0].opened_bit_rate == 2_500_000
+    assert rates == [2500] * 80 and enc.current_bitrate_kbps == 2500
+    assert keyframes(packets) == [0, 2000, 4000, 6000]
+    assert [p.pts_ms for p in packets] == [i * 100 for i in range(80)]
+    assert decode_as_viewer(packets) == 80
+    assert [e["log_level"] for e in logs] == ["warning"]
+    assert "stays fixed" in logs[0]["event"]
+    assert (logs[0]["kbps"], logs[0]["asked_kbps"]) == (2500, 1000)
+    assert "Cannot allocate memory" in logs[0]["error"]
+
+
+def test_set_bitrate_from_another_thread_while_encoding() -> None:
+    factory = Factory()
+    enc = V4L2H264Encoder(W, H, FPS, 2500, create=factory)
+    stop = threading.Event()
+
+    def controller() -> None:
+        kbps = 2500
+        while not stop.is_set():
+            kbps = 300 + (kbps * 7 + 11) % 2200
+            enc.set_bitrate(kbps)
+
+    thread = threading.Thread(target=controller)
+    thread.start()
+    try:
+        packets, _ = run(enc, 100)
+    finally:
+        stop.set()
+        thread.join()
+    assert len(factory.made) <= 1 + 100 // (2 * FPS)  # at most one reopen per GOP
+    assert [p.pts_ms for p in packets] == [i * 100 for i in range(100)]
+    assert decode_as_viewer(packets) == 100
+
+
+def test_set_bitrate_is_validated_and_clamped() -> None:
+    enc = V4L2H264Encoder(W, H, FPS, 800, create=Factory())
     with pytest.raises(ValueError):
         enc.set_bitrate(0)
+    enc.set_bitrate(5000)
+    assert enc._pending_kbps == 800 == enc.max_bitrate_kbps
 
 
 def test_encode_failure_is_a_device_error() -> None:
