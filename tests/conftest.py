@@ -47,13 +47,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def logging_as_it_was() -> Iterator[None]:
-    """A test that configures logging (JSON, a StringIO, journald) leaves it as it found it:
-    tests run in any order, four processes at once."""
+    """A test that configures logging (JSON, a StringIO, journald) or registers a secret
+    leaves it as it found it: tests run in any order, four processes at once."""
     config = structlog.get_config()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     output = vars(logsetup._output).copy()
+    secrets = set(logsetup._secrets)  # a key registered by one test would hide words in another
     yield
+    logsetup._secrets.clear()
+    logsetup._secrets.update(secrets)
     structlog.configure(**config)
     root.handlers[:], root.level = handlers, level
     vars(logsetup._output).clear()
