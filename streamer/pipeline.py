@@ -14,7 +14,7 @@ import contextvars
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
@@ -36,7 +36,7 @@ from streamer.hardware.base import (
 from streamer.media import Packet, VideoConfig
 from streamer.net.sendqueue import MAX_FRAME_BYTES, Reason, SendQueue
 from streamer.preview import Preview
-from streamer.settings import Settings
+from streamer.settings import Settings, is_encoded_camera
 
 if TYPE_CHECKING:  # imported where used: only a device with filters or a recording needs them
     from streamer.encode.filters import FilterChain
@@ -171,7 +171,8 @@ class Pipeline:
     What the encoders make goes to ``fanout``: the destinations' outboxes and
     the recorder. ``Settings.camera`` and ``microphone`` are names built from
     ``streamer.backends``, or the app's own source objects, used as they are
-    (opened in ``start``, closed in ``stop``). ``preview`` sees every filtered
+    (opened in ``start``, closed in ``stop``; an app's ``EncodedVideoSource``
+    takes the hardware-encoded path, as picamera2's does). ``preview`` sees every filtered
     frame and video packet (the status page's picture).
     """
 
@@ -191,7 +192,11 @@ class Pipeline:
             specs = [parse_filter(spec) for spec in s.filters]
             self.filters = FilterChain(specs, s.width, s.height, s.fps)
         hardware_path = s.encoder != "libx264" and not s.filters
-        if name == "picamera2" and hardware_path and _pi_hw_encoder():
+        if is_encoded_camera(s.camera):
+            # The app's own camera that encodes itself (Settings refused filters with it).
+            self.encoded = s.camera
+            self.video = CameraEncoder(s.camera, self.clock, self._video_out, s.video_bitrate_kbps)
+        elif name == "picamera2" and hardware_path and _pi_hw_encoder():
             # The Pi's hardware encoder behind picamera2: frames arrive encoded.
             from streamer.hardware.picam import PicameraEncoded
 
@@ -204,7 +209,7 @@ class Pipeline:
             self.camera = (
                 make_camera(s.camera, s.width, s.height, s.fps)
                 if isinstance(s.camera, str)
-                else s.camera
+                else cast(VideoSource, s.camera)  # Settings checked open(), read(), close()
             )
             encoder = s.encoder if name != "picamera2" else "libx264"
             self.video = open_h264(encoder, s.width, s.height, s.fps, s.video_bitrate_kbps)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from streamer import backends
 from streamer.exc import ConfigError
@@ -18,7 +18,7 @@ from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS
 from streamer.rtmp.url import RtmpUrl, parse_url
 
 if TYPE_CHECKING:
-    from streamer.hardware.base import AudioSource, VideoSource
+    from streamer.hardware.base import AudioSource, EncodedVideoSource, VideoSource
 
 # A destination's name shows in logs, /status and as a Prometheus label value.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
@@ -77,12 +77,16 @@ class Settings:
     (``"sim"``, ``"picamera2:1"``, ``"alsa:default"``, ``"none"``...), or the
     app's own object that follows ``VideoSource`` / ``AudioSource``
     (``streamer/hardware/base.py``), which the pipeline opens, reads and
-    closes as it would one of its own. ``encoder``: a name from
-    ``streamer.backends.ENCODERS``. Names are checked (and lower-cased) here.
+    closes as it would one of its own. ``camera`` may also be an object that
+    follows ``EncodedVideoSource`` (a camera that encodes H.264 itself): its
+    frames are sent as they come, like picamera2's hardware-encoded ones, so
+    ``encoder`` does not apply and ``filters`` are refused. ``encoder``: a
+    name from ``streamer.backends.ENCODERS``. Names are checked (and
+    lower-cased) here.
     """
 
     urls: Sequence[str | RtmpUrl | Target] = ()
-    camera: str | VideoSource = "sim"
+    camera: str | VideoSource | EncodedVideoSource = "sim"
     microphone: str | AudioSource = "sim"
     width: int = 1280
     height: int = 720
@@ -114,6 +118,11 @@ class Settings:
             self, "microphone", _source("microphone", self.microphone, backends.MICROPHONES)
         )
         object.__setattr__(self, "encoder", _name("encoder", self.encoder, backends.ENCODERS))
+        if self.filters and is_encoded_camera(self.camera):
+            raise ConfigError(
+                "filters need raw frames; a camera that encodes itself (EncodedVideoSource) "
+                "gives none"
+            )
         found = targets(self.urls)
         if not found:
             raise ConfigError("no stream URL: give at least one rtmp://host/app/key")
@@ -127,6 +136,14 @@ class Settings:
 
 
 SOURCE_METHODS = ("open", "read", "close")
+ENCODED_SOURCE_METHODS = ("start", "set_bitrate", "request_keyframe", "stop")
+
+
+def is_encoded_camera(value: Any) -> TypeGuard[EncodedVideoSource]:
+    """Whether ``value`` is an app's own camera that encodes itself (``EncodedVideoSource``)."""
+    return not isinstance(value, str) and all(
+        callable(getattr(value, m, None)) for m in ENCODED_SOURCE_METHODS
+    )
 
 
 def _name(what: str, spec: str, choices: Sequence[backends.Backend[Any]]) -> str:
@@ -140,6 +157,8 @@ def _source(what: str, value: Any, choices: Sequence[backends.Backend[Any]]) -> 
     """A registered name (normalised), or an object with the source protocol's methods."""
     if isinstance(value, str):
         return _name(what, value, choices)
+    if what == "camera" and is_encoded_camera(value):
+        return value
     missing = [m for m in SOURCE_METHODS if not callable(getattr(value, m, None))]
     if missing:
         protocol = "VideoSource" if what == "camera" else "AudioSource"

@@ -4,7 +4,10 @@ The names users write (``sim``, ``picamera2:1``, ``alsa:default``...) are
 listed once, in ``streamer.backends``; ``make_camera`` and
 ``make_microphone`` build from there. A device app may instead pass its own
 object that follows ``VideoSource`` or ``AudioSource`` as
-``Settings(camera=..., microphone=...)``; the pipeline uses it as is.
+``Settings(camera=..., microphone=...)``; the pipeline uses it as is. A
+camera that encodes H.264 itself may be passed the same way, as an object that
+follows ``EncodedVideoSource``: its frames go out as they come, as picamera2's
+hardware-encoded ones do.
 """
 
 from __future__ import annotations

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from fractions import Fraction
 
 import av
 import numpy as np
 import numpy.typing as npt
 import pytest
 
+from streamer.encode.camera import CameraEncoder
 from streamer.exc import ConfigError
-from streamer.hardware.base import AudioSource, VideoSource
+from streamer.hardware.base import AudioSource, EncodedSink, EncodedVideoSource, VideoSource
 from streamer.media import Kind, Packet
 from streamer.pipeline import Fanout, Pipeline
 from streamer.settings import Settings
@@ -71,10 +73,52 @@ class SilentMicrophone:
         self.closed += 1
 
 
+class EncodingCamera:
+    """A camera that encodes itself: Annex B H.264 of grey frames, from its own thread."""
+
+    width, height, fps = W, H, FPS
+    encoder_name = "test camera encoder"
+
+    def __init__(self) -> None:
+        self.start_at = 0.0  # the test sets it from the pipeline's clock
+        self.started = self.stopped = 0
+        self.bitrates: list[int] = []
+        self._thread: threading.Thread | None = None
+
+    def start(self, sink: EncodedSink) -> None:
+        self.started += 1
+        self._thread = threading.Thread(target=self._encode, args=(sink,), daemon=True)
+        self._thread.start()
+
+    def _encode(self, sink: EncodedSink) -> None:
+        codec = av.CodecContext.create("libx264", "w")
+        assert isinstance(codec, av.VideoCodecContext)
+        codec.width, codec.height, codec.pix_fmt = W, H, "yuv420p"
+        codec.time_base = Fraction(1, int(FPS))
+        codec.options = {"preset": "ultrafast", "tune": "zerolatency", "bf": "0"}
+        for n in range(FRAMES):
+            picture = np.full((H * 3 // 2, W), 128, np.uint8)
+            frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
+            frame.pts = n
+            for packet in codec.encode(frame):
+                sink(bytes(packet), packet.is_keyframe, self.start_at + n / FPS)
+
+    def set_bitrate(self, kbps: int) -> None:
+        self.bitrates.append(kbps)
+
+    def request_keyframe(self) -> None: ...
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._thread.join(5)
+        self.stopped += 1
+
+
 def test_the_sources_follow_the_documented_protocols() -> None:
     camera: VideoSource = GreyCamera()  # mypy checks these against hardware/base.py
     microphone: AudioSource = SilentMicrophone()
-    assert camera.fps == FPS and microphone.channels == 1
+    encoding: EncodedVideoSource = EncodingCamera()
+    assert camera.fps == FPS and microphone.channels == 1 and encoding.fps == FPS
 
 
 def run_pipeline(settings: Settings, enough: int) -> tuple[Pipeline, list[Packet]]:
@@ -144,6 +188,40 @@ def test_a_stop_and_start_opens_the_same_objects_again() -> None:
     run_pipeline(settings, 2)
     run_pipeline(settings, 2)
     assert (camera.opened, camera.closed, microphone.opened, microphone.closed) == (2, 2, 2, 2)
+
+
+def test_an_apps_camera_that_encodes_itself_takes_the_hardware_encoded_path() -> None:
+    camera = EncodingCamera()
+    settings = Settings(
+        urls=["rtmp://h/live/k"], camera=camera, microphone="none", width=W, height=H, fps=FPS
+    )
+    assert settings.camera is camera
+    packets: list[Packet] = []
+    pipeline = Pipeline(settings, Fanout())
+    assert pipeline.encoded is camera and pipeline.camera is None
+    assert isinstance(pipeline.video, CameraEncoder)
+    pipeline.fanout.tap = packets.extend
+    camera.start_at = pipeline.clock.origin + 10.0
+    pipeline.start()
+    config = pipeline.video.wait_config(10)
+    asyncio.run(pipeline.stop())
+    assert (camera.started, camera.stopped) == (1, 1)
+    assert config.avc_config and config.encoder_name == "test camera encoder"
+    assert [p.kind for p in packets] == [Kind.VIDEO] * FRAMES
+    assert packets[0].keyframe and packets[0].config == config
+    assert [p.pts_ms for p in packets] == [10_000 + 100 * n for n in range(FRAMES)]
+    decoder = av.CodecContext.create("h264", "r")
+    decoder.extradata = config.avc_config  # the packets are AVCC now, as RTMP carries them
+    frames = [f for p in packets for f in decoder.decode(av.Packet(p.data))]
+    assert len(frames + list(decoder.decode(None))) == FRAMES
+    pipeline.video.set_bitrate(800)
+    assert camera.bitrates == [800]
+
+
+def test_filters_are_refused_with_a_camera_that_encodes_itself() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings(urls=["rtmp://h/live/k"], camera=EncodingCamera(), filters=("hflip",))
+    assert "filters need raw frames" in caught.value.message
 
 
 def test_an_object_that_is_not_a_source_is_refused_when_the_settings_are_made() -> None:
