@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from fractions import Fraction
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -251,3 +252,58 @@ def test_names_are_checked_when_the_settings_are_made(field: str, value: str, me
         Settings(urls=["rtmp://h/live/k"], **{field: value})  # type: ignore[arg-type]
     assert caught.value.message.startswith(message)
     assert Settings(urls=["rtmp://h/live/k"], camera="SIM:sync").camera == "sim:sync"
+
+
+class WakeCounter:
+    """Stands in for the event loop: counts the wake-ups the outbox asks for."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+        self.wakes += 1
+        callback(*args)
+
+
+def test_audio_rides_with_the_next_video_frame_and_never_waits_long() -> None:
+    from streamer.net.sendqueue import SendQueue
+    from streamer.pipeline import AUDIO_WAKE_S, Outbox
+
+    now = [0.0]
+    loop = WakeCounter()
+    outbox = Outbox(SendQueue(), cast(asyncio.AbstractEventLoop, loop), clock=lambda: now[0])
+
+    def audio(ms: int) -> Packet:
+        return Packet(Kind.AUDIO, ms, ms, True, b"a")
+
+    def video(ms: int, key: bool = False) -> Packet:
+        return Packet(Kind.VIDEO, ms, ms, key, b"v")
+
+    def drain() -> list[int]:
+        taken = []
+        while (p := outbox.pop()) is not None:
+            taken.append(p.pts_ms)
+        return taken
+
+    assert drain() == []  # the consumer waits
+    outbox.push([video(0, key=True)])
+    assert loop.wakes == 1 and drain() == [0]
+    # Audio alone does not wake the consumer until AUDIO_WAKE_S has passed ...
+    for ms in (5, 26, 47):
+        now[0] = ms / 1000
+        outbox.push([audio(ms)])
+    assert loop.wakes == 1
+    # ... the next video frame takes it along, in order.
+    now[0] = 0.033
+    outbox.push([video(33)])
+    assert loop.wakes == 2 and drain() == [5, 26, 33, 47]
+    # With no video at all, audio still leaves within AUDIO_WAKE_S.
+    start = now[0]
+    ms = 68
+    while loop.wakes == 2:
+        now[0] += 0.021
+        outbox.push([audio(ms)])
+        ms += 21
+    first_left = start + 0.021
+    assert now[0] - first_left <= AUDIO_WAKE_S + 0.021 + 1e-9  # one period late at most
+    assert len(drain()) == round((now[0] - start) / 0.021)
