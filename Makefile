@@ -56,6 +56,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/cpu.py
 	$(BIN)/python bench/squeeze.py
+	$(BIN)/python bench/passthrough.py --duration 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache tests/interop/node_modules
