@@ -175,13 +175,21 @@ def sim_picture_input(size: tuple[int, int], workdir: Path) -> list[str]:
     ]
 
 
-def ffmpeg_command(url: str, duration: float, video_input: list[str]) -> list[str]:
-    """The same encode as streamer's H264Encoder/AacEncoder, by the ffmpeg CLI."""
+def ffmpeg_command(
+    url: str,
+    duration: float,
+    video_input: list[str],
+    *,
+    video_kbps: int = VIDEO_KBPS,
+    realtime: bool = True,
+) -> list[str]:
+    """The same encode as streamer's H264Encoder/AacEncoder, by the ffmpeg CLI, to ``url``
+    (an rtmp:// URL or an FLV file); ``realtime`` reads the tone at its own pace."""
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise StreamerError("the ffmpeg CLI is not installed (apt: ffmpeg)")
     gop = str(2 * FPS)
-    rate = f"{VIDEO_KBPS}k"
+    rate = f"{video_kbps}k"
     return [
         ffmpeg,
         "-nostdin",
@@ -189,7 +197,7 @@ def ffmpeg_command(url: str, duration: float, video_input: list[str]) -> list[st
         "-loglevel",
         "error",
         *video_input,
-        "-re",
+        *(["-re"] if realtime else []),
         "-f",
         "lavfi",
         "-i",

@@ -116,60 +116,12 @@ class Profile:
 
 def prepare_fixture(workdir: Path, duration: float) -> Fixture:
     """Encode ``duration`` s of the sim camera's pictures and a tone into one FLV, once."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise StreamerError("the ffmpeg CLI is not installed (apt: ffmpeg)")
     # Our sim pictures as raw frames, looped; read as fast as x264 goes, not in real time.
     video_input = [a for a in cpu.sim_picture_input(SIZE, workdir) if a != "-re"]
-    gop, rate = str(2 * FPS), f"{VIDEO_KBPS}k"
     path = workdir / "fixture.flv"
-    cmd = [
-        ffmpeg,
-        "-nostdin",
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        *video_input,
-        "-f",
-        "lavfi",
-        "-i",
-        f"sine=frequency=440:sample_rate={cpu.SAMPLE_RATE}",
-        "-t",
-        f"{duration:g}",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-tune",
-        "zerolatency",
-        "-g",
-        gop,
-        "-keyint_min",
-        gop,
-        "-sc_threshold",
-        "0",
-        "-bf",
-        "0",
-        "-b:v",
-        rate,
-        "-maxrate",
-        rate,
-        "-bufsize",
-        rate,
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-b:a",
-        f"{AUDIO_KBPS}k",
-        "-ac",
-        "2",
-        "-ar",
-        str(cpu.SAMPLE_RATE),
-        "-f",
-        "flv",
-        str(path),
-    ]
+    cmd = cpu.ffmpeg_command(
+        str(path), duration, video_input, video_kbps=VIDEO_KBPS, realtime=False
+    )
     started = time.monotonic()
     done = subprocess.run(cmd, capture_output=True, check=False)
     if done.returncode != 0:
