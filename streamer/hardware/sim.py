@@ -115,9 +115,7 @@ class SimCamera:
     """
 
     GRAIN = 8  # grain amplitude (luma levels)
-    # Precomputed grain pictures, cycled: 4 (3.7 MB at 720p) rather than 8; consecutive frames
-    # differ, which is all an encoder that references the frame before can see.
-    GRAIN_FRAMES = 4
+    GRAIN_FRAMES = 8  # precomputed grain pictures, cycled
 
     def __init__(self, width: int, height: int, fps: float, sync: bool = False) -> None:
         self.width, self.height, self.fps = width, height, fps
