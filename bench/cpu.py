@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -305,23 +305,31 @@ def check_recording(path: Path) -> RecordingCheck:
 
 
 def judge(
-    check: RecordingCheck | None, size: tuple[int, int], duration: float, returncode: int
+    check: RecordingCheck | None,
+    size: tuple[int, int],
+    frames: float,
+    audio_packets: float,
+    returncode: int,
 ) -> list[str]:
+    """What is wrong with a run that should have recorded ``frames`` video frames of ``size``
+    and ``audio_packets`` AAC packets (0: a run without audio, which must have none)."""
     problems = []
     if returncode != 0:
         problems.append(f"exit status {returncode}")
     if check is None:
         return [*problems, "the server recorded nothing"]
-    want_frames = duration * FPS * MIN_FRACTION
-    want_audio = duration * SAMPLE_RATE / AAC_FRAME * MIN_FRACTION
+    want_frames = frames * MIN_FRACTION
+    want_audio = audio_packets * MIN_FRACTION
     if check.video_frames < want_frames:
         problems.append(
             f"only {check.video_frames} video frames decoded (want ≥ {want_frames:.0f})"
         )
     if (check.width, check.height) != size:
         problems.append(f"recorded {check.width}x{check.height}, not {size[0]}x{size[1]}")
-    if check.audio_packets < want_audio:
+    if audio_packets and check.audio_packets < want_audio:
         problems.append(f"only {check.audio_packets} audio packets (want ≥ {want_audio:.0f})")
+    if not audio_packets and check.audio_packets:
+        problems.append(f"{check.audio_packets} audio packets in a run without audio")
     if check.decode_errors:
         problems.append(f"{check.decode_errors} video packets failed to decode")
     return problems
@@ -331,10 +339,12 @@ def bench_one(
     name: str,
     cmd: list[str],
     server: LocalRtmpServer,
-    size: tuple[int, int],
     duration: float,
     workdir: Path,
+    judged: Callable[[RecordingCheck | None, int], list[str]],
 ) -> RunResult:
+    """Run ``cmd`` for ``duration`` s, measured; ``judged(recording, exit status)`` says
+    what is wrong with what the server recorded."""
     print(f"[{name}] streaming {duration:g} s …", file=sys.stderr, flush=True)
     before = set(server.recordings())
     log_path = workdir / f"{name}.log"
@@ -350,7 +360,7 @@ def bench_one(
             check = check_recording(new[0])
         except av.error.FFmpegError as exc:
             problems.append(f"recording {new[0].name} could not be read: {exc}")
-    problems += judge(check, size, duration, code)
+    problems += judged(check, code)
     if problems:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
         print(f"[{name}] FAILED: {'; '.join(problems)}", file=sys.stderr)
@@ -485,8 +495,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                 ),
             ]
+            frames, audio = duration * FPS, duration * SAMPLE_RATE / AAC_FRAME
+
+            def judged(check: RecordingCheck | None, code: int) -> list[str]:
+                return judge(check, size, frames, audio, code)
+
             for name, cmd in runs:
-                results.append(bench_one(name, cmd, server, size, duration, workdir))
+                results.append(bench_one(name, cmd, server, duration, workdir, judged))
             first: dict[str, float | None] = {}
             for name, cmd in (runs[0], runs[2]):
                 print(f"[{name}] start to first frame …", file=sys.stderr, flush=True)

@@ -58,7 +58,6 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import av.error
 from av.bitstream import BitStreamFilterContext
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -75,7 +74,6 @@ FPS = cpu.FPS
 VIDEO_KBPS = 4000
 AUDIO_KBPS = cpu.AUDIO_KBPS
 TARGET_RATIO = 1.0
-MIN_FRACTION = cpu.MIN_FRACTION
 LEAD = 0.05  # seconds between the camera's start and its first frame
 END_GRACE = 0.5  # seconds the child streams on after the file's last frame
 PY_SPY = Path(sys.executable).parent / "py-spy"
@@ -303,27 +301,6 @@ def streamer_command(fixture: Path, url: str, audio: bool, report: Path) -> list
     ]
 
 
-def judge(check: cpu.RecordingCheck | None, fixture: Fixture, audio: bool, code: int) -> list[str]:
-    problems = [f"exit status {code}"] if code != 0 else []
-    if check is None:
-        return [*problems, "the server recorded nothing"]
-    want_frames = fixture.video_frames * MIN_FRACTION
-    if check.video_frames < want_frames:
-        problems.append(
-            f"only {check.video_frames} video frames decoded (want ≥ {want_frames:.0f})"
-        )
-    if (check.width, check.height) != SIZE:
-        problems.append(f"recorded {check.width}x{check.height}, not {SIZE[0]}x{SIZE[1]}")
-    want_audio = fixture.seconds * cpu.SAMPLE_RATE / cpu.AAC_FRAME * MIN_FRACTION if audio else 0
-    if audio and check.audio_packets < want_audio:
-        problems.append(f"only {check.audio_packets} audio packets (want ≥ {want_audio:.0f})")
-    if not audio and check.audio_packets:
-        problems.append(f"{check.audio_packets} audio packets in a run without audio")
-    if check.decode_errors:
-        problems.append(f"{check.decode_errors} video packets failed to decode")
-    return problems
-
-
 def bench_one(
     name: str,
     cmd: list[str],
@@ -332,38 +309,13 @@ def bench_one(
     fixture: Fixture,
     workdir: Path,
 ) -> cpu.RunResult:
-    print(f"[{name}] streaming {fixture.seconds:g} s …", file=sys.stderr, flush=True)
-    before = set(server.recordings())
-    log_path = workdir / f"{name}.log"
-    with log_path.open("wb") as log:
-        code, usage, wall = cpu.run_measured(cmd, fixture.seconds + cpu.EXIT_GRACE, log)
-    new = cpu.wait_for_recording(server, before, timeout=10.0)
-    check: cpu.RecordingCheck | None = None
-    problems: list[str] = []
-    if len(new) > 1:
-        problems.append(f"expected one recording, got {len(new)}: {[p.name for p in new]}")
-    if new:
-        try:
-            check = cpu.check_recording(new[0])
-        except av.error.FFmpegError as exc:
-            problems.append(f"recording {new[0].name} could not be read: {exc}")
-    problems += judge(check, fixture, audio, code)
-    if problems:
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-        print(f"[{name}] FAILED: {'; '.join(problems)}", file=sys.stderr)
-        for line in tail:
-            print(f"[{name}]   {line}", file=sys.stderr)
-    return cpu.RunResult(
-        name=name,
-        command=cmd,
-        returncode=code,
-        user_s=usage.ru_utime,
-        sys_s=usage.ru_stime,
-        wall_s=wall,
-        max_rss_mb=usage.ru_maxrss / 1024,  # kilobytes on Linux
-        recording=check,
-        problems=problems,
-    )
+    """One measured run, judged against the fixture: all its frames, its audio or none."""
+    audio_packets = fixture.seconds * cpu.SAMPLE_RATE / cpu.AAC_FRAME if audio else 0
+
+    def judged(check: cpu.RecordingCheck | None, code: int) -> list[str]:
+        return cpu.judge(check, SIZE, fixture.video_frames, audio_packets, code)
+
+    return cpu.bench_one(name, cmd, server, fixture.seconds, workdir, judged)
 
 
 def stream_mbps(fixture: Fixture, audio: bool) -> float:
