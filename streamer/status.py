@@ -127,8 +127,7 @@ def is_loopback_host(host: str) -> bool:
         port = f":{rest}" if rest or host.endswith(":") else ""
     if not _PORT.fullmatch(port):
         return False
-    name = name.rstrip(".")
-    return name == "localhost" or _loopback_address(name)
+    return is_loopback_listen(name.rstrip("."))
 
 
 def is_loopback_listen(host: str) -> bool:
@@ -179,6 +178,12 @@ _HTTP_LOG = logging.getLogger("streamer.status.http")
 _HTTP_LOG.addFilter(_quietly)
 
 
+def _html(page: str, status: int = 200, **headers: str) -> web.Response:
+    return web.Response(
+        status=status, text=page, content_type="text/html", charset="utf-8", headers=headers
+    )
+
+
 def _redirect(location: str) -> web.Response:
     return web.Response(status=303, headers={"Location": location})
 
@@ -226,8 +231,7 @@ class _LimitedSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        scheme = "https" if self._ssl_context else "http"
-        return f"{scheme}://{self._host}:{self._port}"
+        return f"{'https' if self._ssl_context else 'http'}://{self._host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()
@@ -348,10 +352,19 @@ class StatusServer:
         self._cookie = f"{COOKIE}_{port}"
 
     @property
+    def scheme(self) -> str:
+        return "https" if self.ssl_context else "http"
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://{host}:{self.port}/"
+        return f"{self.scheme}://{host}:{self.port}/"
+
+    def _foreign_origin(self, request: web.Request, *allowed: str) -> bool:
+        """An ``Origin`` header other than this page's own (scheme and Host) or ``allowed``."""
+        origin = request.headers.get("Origin")
+        own = f"{self.scheme}://{request.headers.get('Host', '')}"
+        return origin is not None and origin.lower() not in (own.lower(), *allowed)
 
     def _app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY_BYTES)
@@ -471,8 +484,7 @@ class StatusServer:
     # -- routes -----------------------------------------------------------------------
 
     async def _page(self, _: web.Request) -> web.Response:
-        page = render_page(self._read(), logout=self.password_hash is not None)
-        return web.Response(text=page, content_type="text/html", charset="utf-8")
+        return _html(render_page(self._read(), logout=self.password_hash is not None))
 
     async def _status(self, _: web.Request) -> web.Response:
         return _json(dict(self._read()))
@@ -516,11 +528,9 @@ class StatusServer:
     def _cross_site(self, request: web.Request) -> str:
         """Why this POST may come from another site ("" when it cannot)."""
         headers = request.headers
-        host = headers.get("Host", "")
-        origin = f"{'https' if self.ssl_context else 'http'}://{host}".lower()
         if headers.get(CONTROL_HEADER) != CONTROL_VALUE:
             return f"requires the header {CONTROL_HEADER}: {CONTROL_VALUE}"
-        if "Origin" in headers and headers["Origin"].lower() != origin:
+        if self._foreign_origin(request):
             return "cross-origin request"
         if headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
             return "cross-site request"
@@ -531,30 +541,21 @@ class StatusServer:
     async def _login_form(self, request: web.Request) -> web.Response:
         if self._sessions.valid(request.cookies.get(self._cookie), self._clock()):
             return _redirect("/")
-        return web.Response(text=render_login(), content_type="text/html", charset="utf-8")
+        return _html(render_login())
 
     async def _login(self, request: web.Request) -> web.Response:
         assert self.password_hash is not None
         peer = request.remote or "?"
-        host = request.headers.get("Host", "")
-        origin = f"{'https' if self.ssl_context else 'http'}://{host}".lower()
-        if "Origin" in request.headers and request.headers["Origin"].lower() not in (
-            origin,
-            "null",
-        ):
+        # "null": Chromium's Origin for a form POST from a page with Referrer-Policy: no-referrer
+        # (ours); the login form itself posts that way.
+        if self._foreign_origin(request, "null"):
             return _text(403, "cross-origin login")
         now = self._clock()
         wait = self._limiter.retry_after(peer, now)
         if wait > 0:
             log.warning("status page login refused: too many wrong passwords", peer=peer)
             page = render_login(f"Too many wrong passwords; try again in {math.ceil(wait)} s.")
-            return web.Response(
-                status=429,
-                text=page,
-                content_type="text/html",
-                charset="utf-8",
-                headers={"Retry-After": str(math.ceil(wait))},
-            )
+            return _html(page, 429, **{"Retry-After": str(math.ceil(wait))})
         form = await request.post()
         password = form.get("password")
         ok = isinstance(password, str) and await asyncio.to_thread(
@@ -563,12 +564,7 @@ class StatusServer:
         if not ok:
             self._limiter.failed(peer, self._clock())
             log.warning("status page login failed: wrong password", peer=peer)
-            return web.Response(
-                status=401,
-                text=render_login("Wrong password."),
-                content_type="text/html",
-                charset="utf-8",
-            )
+            return _html(render_login("Wrong password."), 401)
         self._limiter.succeeded(peer)
         log.info("status page login", peer=peer)
         response = _redirect("/")
