@@ -139,11 +139,14 @@ SOURCE_METHODS = ("open", "read", "close")
 ENCODED_SOURCE_METHODS = ("start", "set_bitrate", "request_keyframe", "stop")
 
 
+def _missing(value: Any, methods: Sequence[str]) -> list[str]:
+    """The ``methods`` that ``value`` lacks (or has as something not callable)."""
+    return [m for m in methods if not callable(getattr(value, m, None))]
+
+
 def is_encoded_camera(value: Any) -> TypeGuard[EncodedVideoSource]:
     """Whether ``value`` is an app's own camera that encodes itself (``EncodedVideoSource``)."""
-    return not isinstance(value, str) and all(
-        callable(getattr(value, m, None)) for m in ENCODED_SOURCE_METHODS
-    )
+    return not isinstance(value, str) and not _missing(value, ENCODED_SOURCE_METHODS)
 
 
 def _name(what: str, spec: str, choices: Sequence[backends.Backend[Any]]) -> str:
@@ -159,7 +162,7 @@ def _source(what: str, value: Any, choices: Sequence[backends.Backend[Any]]) -> 
         return _name(what, value, choices)
     if what == "camera" and is_encoded_camera(value):
         return value
-    missing = [m for m in SOURCE_METHODS if not callable(getattr(value, m, None))]
+    missing = _missing(value, SOURCE_METHODS)
     if missing:
         protocol = "VideoSource" if what == "camera" else "AudioSource"
         raise TypeError(
