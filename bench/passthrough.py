@@ -459,6 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if duration <= 0:
         parser.error("--duration must be positive")
 
+    cpu.compile_as_installed()  # as pip does on a device (bench/cpu.py says why)
     workdir = Path(tempfile.mkdtemp(prefix="streamer-pass-"))
     runs: list[Run] = []
     profile: Profile | None = None

@@ -12,6 +12,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse
 import asyncio
 import contextlib
+import importlib
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ import structlog
 
 from streamer import backends
 from streamer import log as logsetup
+from streamer.access import PageSecurity
 from streamer.config import DEFAULT_PATH, Config, destinations, load_config, with_overrides
 from streamer.controls.panel import open_controls
 from streamer.device import Device
@@ -31,7 +33,8 @@ from streamer.state import ERROR, LIVE, RECONNECTING, mermaid_diagram
 from streamer.systemd import Notifier, watchdog_pings
 
 if TYPE_CHECKING:
-    from streamer.status import PageSecurity
+    from streamer.controls.panel import Controls
+    from streamer.status import StatusServer
 
 log = structlog.get_logger("streamer")
 
@@ -340,6 +343,44 @@ def _on_loop(loop: asyncio.AbstractEventLoop, command: Callable[[str], None], by
     loop.call_soon_threadsafe(command, by)
 
 
+async def start_status_page(
+    streamer: Device,
+    panel: Controls,
+    *,
+    port: int,
+    host: str,
+    security: PageSecurity | None,
+) -> StatusServer | None:
+    """Serve the status page, or say why not and return None: the stream matters more.
+
+    aiohttp takes about 0.4 s and 10 MB to import, as long as everything else
+    before the first frame: it is imported in a thread while the stream starts.
+    """
+    security = security or PageSecurity()
+    try:
+        module = await asyncio.to_thread(importlib.import_module, "streamer.status")
+        status: StatusServer = module.StatusServer(
+            lambda: {**streamer.snapshot(), "controls": panel.summary()},
+            on_start=lambda: streamer.start("status page"),
+            on_stop=lambda: streamer.stop("status page"),
+            port=port,
+            host=host,
+            history=streamer.history.as_json,
+            preview=streamer.preview_jpeg,
+            password_hash=security.password_hash,
+            metrics_token=security.metrics_token,
+            ssl_context=security.ssl_context,
+        )
+        await status.start()
+    except StreamerError as exc:
+        log.error("status page disabled", reason=exc.message)
+        return None
+    except Exception:  # a fault of the page is logged; it never takes the stream down
+        log.exception("status page disabled by an unexpected error")
+        return None
+    return status
+
+
 async def stream(
     settings: Settings,
     button: str | None = None,
@@ -372,33 +413,24 @@ async def stream(
         pings = asyncio.create_task(watchdog_pings(notifier, streamer.healthy))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown.set)
-        status = None
+        page = None
         if status_port:
-            from streamer.status import PageSecurity, StatusServer
-
-            security = status_security or PageSecurity()
-            try:
-                status = StatusServer(
-                    lambda: {**streamer.snapshot(), "controls": panel.summary()},
-                    on_start=lambda: streamer.start("status page"),
-                    on_stop=lambda: streamer.stop("status page"),
+            page = asyncio.create_task(
+                start_status_page(
+                    streamer,
+                    panel,
                     port=status_port,
                     host=status_address,
-                    history=streamer.history.as_json,
-                    preview=streamer.preview_jpeg,
-                    password_hash=security.password_hash,
-                    metrics_token=security.metrics_token,
-                    ssl_context=security.ssl_context,
+                    security=status_security,
                 )
-                await status.start()
-            except StreamerError as exc:
-                # The stream matters more than its status page: say so and go on.
-                log.error("status page disabled", reason=exc.message)
-                status = None
+            )
         try:
             await streamer.run(shutdown)
         finally:
             notifier.stopping()
+            # At most the rest of the import when the stream ended first; never cancelled
+            # halfway through binding its port.
+            status = await page if page is not None else None
             if status is not None:
                 await status.stop()
             pings.cancel()
@@ -465,7 +497,7 @@ def run(args: argparse.Namespace) -> None:
     if config.status.port:
         # A page that cannot be protected as configured stops the start (exit 2), before any
         # hardware is opened: it is never served open instead.
-        from streamer.status import page_security
+        from streamer.access import page_security
 
         security = page_security(config.status, config.path)
     asyncio.run(

@@ -609,7 +609,7 @@ def check_status_page(section: StatusSection, config_path: Path | None) -> list[
     """The page's address, password, token and TLS files, read as `run` reads them."""
     if not section.port:
         return [Finding("info", "status page off ([status] port = 0)")]
-    from streamer.status import is_loopback_listen, page_security
+    from streamer.access import is_loopback_listen, page_security
 
     scheme = "https" if section.tls_cert else "http"
     where = f"{scheme}://{section.address}:{section.port}/"

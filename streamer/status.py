@@ -39,37 +39,30 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import json
 import logging
 import math
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from streamer.auth import (
-    LoginLimiter,
-    Sessions,
-    load_password_file,
-    load_token_file,
-    password_path,
-    token_matches,
-    verify_password,
+from streamer.access import (
+    is_loopback_host,
+    is_loopback_listen,
+    is_loopback_peer,
 )
-from streamer.config import DEFAULT_PATH, StatusSection
+from streamer.auth import LoginLimiter, Sessions, token_matches, verify_password
 from streamer.exc import ConfigError
 from streamer.history import empty as empty_history
 from streamer.log import redact
-from streamer.metrics import registry_for
 from streamer.page import CONTROL_HEADER, CONTROL_VALUE, CSP, render_login, render_page
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import CollectorRegistry
 
 __all__ = [
     "CONTROL_HEADER",
@@ -93,46 +86,6 @@ PUBLIC: Final = frozenset({"/login"})  # reachable without logging in
 
 Snapshot = Callable[[], Mapping[str, Any]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-_PORT = re.compile(r"(?::[0-9]{1,5})?")
-
-
-def _loopback_address(text: str) -> bool:
-    try:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-def is_loopback_peer(peername: object) -> bool:
-    """True for a TCP peer on 127.0.0.0/8 or ::1 (also as ::ffff:127.x.y.z)."""
-    if not isinstance(peername, tuple) or not peername:
-        return False
-    return _loopback_address(str(peername[0]))
-
-
-def is_loopback_host(host: str) -> bool:
-    """True when a Host header names this machine's loopback: localhost, 127.x, [::1]."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        if end < 0:
-            return False
-        name, port = host[1:end], host[end + 1 :]
-    else:
-        name, _, rest = host.partition(":")
-        port = f":{rest}" if rest or host.endswith(":") else ""
-    if not _PORT.fullmatch(port):
-        return False
-    return is_loopback_listen(name.rstrip("."))
-
-
-def is_loopback_listen(host: str) -> bool:
-    """Listening here reaches only this machine (no password needed)."""
-    return host == "localhost" or _loopback_address(host)
 
 
 def _redact_strings(snapshot: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,6 +129,12 @@ def _quietly(record: logging.LogRecord) -> bool:
 
 _HTTP_LOG = logging.getLogger("streamer.status.http")
 _HTTP_LOG.addFilter(_quietly)
+
+
+def _registry_for(read: Snapshot) -> CollectorRegistry:
+    from streamer.metrics import registry_for
+
+    return registry_for(read)
 
 
 def _html(page: str, status: int = 200, **headers: str) -> web.Response:
@@ -256,47 +215,6 @@ class _LimitedSite(web.BaseSite):
         return int(sockets[0].getsockname()[1])
 
 
-@dataclass(frozen=True, slots=True)
-class PageSecurity:
-    """What ``[status]`` asks for, with its files read and checked (see ``page_security``)."""
-
-    password_hash: str | None = None
-    metrics_token: str | None = None
-    ssl_context: ssl.SSLContext | None = None
-
-
-def page_security(section: StatusSection, config_path: Path | None) -> PageSecurity:
-    """Read the password, token and TLS files ``[status]`` names; ConfigError, one line each.
-
-    Called before the stream starts: a page that cannot be protected as the
-    file says is a configuration error (exit 2), never a page left open.
-    """
-    password = None
-    if not is_loopback_listen(section.address):
-        path = section.password_file or password_path(config_path or DEFAULT_PATH)
-        password = load_password_file(path)
-    token = load_token_file(section.metrics_token_file) if section.metrics_token_file else None
-    context = None
-    if (section.tls_cert is None) != (section.tls_key is None):
-        raise ConfigError("[status] tls_cert and tls_key go together: set both, or neither")
-    if section.tls_cert is not None and section.tls_key is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(section.tls_cert, section.tls_key)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"[status] TLS file {exc.filename} does not exist") from None
-        except PermissionError as exc:
-            raise ConfigError(
-                f"[status] TLS file {exc.filename} cannot be read by this user (permission denied)"
-            ) from None
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(
-                f"[status] tls_cert {section.tls_cert} and tls_key {section.tls_key} are not a "
-                f"PEM certificate and its private key ({getattr(exc, 'reason', None) or exc})"
-            ) from None
-    return PageSecurity(password, token, context)
-
-
 class StatusServer:
     """The status page, history, preview and metrics on ``host:port``.
 
@@ -345,7 +263,7 @@ class StatusServer:
         self._clock = clock
         # Listening on loopback: every request must name loopback (DNS-rebinding guard).
         self._loopback_only = is_loopback_listen(host)
-        self._registry = registry_for(self._read)
+        self._registry: CollectorRegistry | None = None  # made at the first scrape
         self._sessions = Sessions()
         self._limiter = LoginLimiter()
         self._runner: web.AppRunner | None = None
@@ -499,6 +417,11 @@ class StatusServer:
         return web.Response(body=picture, content_type="image/jpeg")
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        if self._registry is None:
+            # prometheus_client costs 70 ms and 2.4 MB to import: only once scraped, in a thread.
+            self._registry = await asyncio.to_thread(_registry_for, self._read)
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
         response = web.Response(body=generate_latest(self._registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

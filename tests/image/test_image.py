@@ -138,6 +138,14 @@ class Device:
                 out.append(str(message))
         return out
 
+    def wait_event(self, event: str, timeout: float) -> None:
+        """Wait for the service's JSON log line with this ``event``."""
+        end = time.monotonic() + timeout
+        while not any(f'"event": "{event}"' in line for line in self.lines()):
+            if time.monotonic() > end:
+                pytest.fail(f"no '{event}' line within {timeout:.0f} s\n{self.journal_tail()}")
+            time.sleep(0.5)
+
     def journal_tail(self, after: str = "", lines: int = 30) -> str:
         """The unit's last journal lines (after the cursor), systemd's own among them."""
         args = ["--output=short-monotonic", "--no-pager", f"--unit={UNIT}"]
@@ -294,6 +302,7 @@ def test_unit_is_active_after_ready(device: Device) -> None:
     owner = device.box.run("stat", "--format=%U", f"/proc/{state['MainPID']}").output.strip()
     assert owner == "streamer"
     # The status page listens on 127.0.0.1 inside: the host's loopback (shared network).
+    device.wait_event("status page", timeout=30)  # it starts beside the stream, not first
     url = f"http://127.0.0.1:{device.status_port}/status"
     with urllib.request.urlopen(url, timeout=10) as answer:
         body = answer.read().decode()

@@ -75,6 +75,7 @@ def test_status_and_metrics_follow_the_stream_and_stop_stops_it(
     )
     try:
         cli.wait_for_state("preparing -> live", timeout=15)
+        cli.wait_for_event("status page", timeout=10)  # it starts beside the stream, not first
         first = status_when(base, lambda s: s["frames_sent"] > 0, 10, "frames sent")
         # the rates come with the first stats line, 5 s after going live
         second = status_when(
@@ -146,7 +147,9 @@ def test_a_taken_status_port_does_not_stop_the_stream(rtmp_server: LocalRtmpServ
         )
         try:
             cli.wait_for_state("preparing -> live", timeout=15)
-            assert any(e.get("event") == "status page disabled" for e in cli.events)
+            disabled = cli.wait_for_event("status page disabled", timeout=10)
+            assert "already in use" in disabled["reason"]
+            assert cli.transitions()[-1] == "preparing -> live"  # and the stream went on
             assert cli.stop(signal.SIGTERM) == 0
         finally:
             cli.stop(signal.SIGKILL)

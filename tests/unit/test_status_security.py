@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from streamer.access import page_security
 from streamer.auth import hash_password, password_path
 from streamer.config import StatusSection
 from streamer.exc import ConfigError
 from streamer.localserver import free_port, make_tls_files
-from streamer.status import page_security
 from tests.conftest import run_cli
 from tests.unit.test_status import SNAPSHOT, ServerThread
 
