@@ -12,28 +12,123 @@ reader's read-ahead, where a real bottleneck queues bytes unacknowledged.
 ``rcvbuf`` bounds both, so that only about ``3 * rcvbuf`` is acknowledged
 early. It matters to a publisher that watches TCP's acknowledgements because
 the server sends no RTMP ones; an RTMP server's acks show what it has read.
+
+``trace=Trace.load(...)`` replaces the token bucket with a measured link
+(tests/traces/): the client→server direction delivers one packet of up to
+1500 bytes at each of the trace's opportunities, from ``start_s`` into the
+trace, looping at its end, as Mahimahi's link shell does; an opportunity
+with nothing waiting is lost. Its clock starts at the first connection, and
+reconnections share it. ``delay_s`` adds a fixed one-way delay to each
+direction (a radio link's propagation and scheduling, e.g. 0.04).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import gzip
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from streamer.localserver import free_port
 
 CHUNK = 16 * 1024
+PACKET = 1500  # bytes one trace opportunity carries
+TRACES = Path(__file__).parent / "traces"
+LATE_OK_S = 0.02  # an opportunity missed by less than this (the proxy's own lag) is still used
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A Mahimahi packet-delivery trace: opportunities in ms, looping every ``period_ms``."""
+
+    name: str
+    times_ms: tuple[int, ...]
+    period_ms: int
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        """A trace file, plain or gzipped; a bare name is looked up in tests/traces/."""
+        path = Path(path)
+        if not path.exists():
+            path = TRACES / f"{path.name}.up.gz"
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt") as lines:
+            times = tuple(int(line) for line in lines if line.strip())
+        if not times or list(times) != sorted(times):
+            raise ValueError(f"{path}: not a trace (ascending milliseconds, one per line)")
+        return cls(path.name.split(".")[0], times, max(times[-1], 1))
+
+    @property
+    def seconds(self) -> float:
+        return self.period_ms / 1000
+
+    def kbps(self, start_s: float, seconds: float) -> float:
+        """The mean capacity over ``[start_s, start_s + seconds)`` (looping), in kbit/s."""
+        count, t, end = 0, start_s * 1000, (start_s + seconds) * 1000
+        while t < end:
+            base = (t // self.period_ms) * self.period_ms
+            stop = min(end, base + self.period_ms)
+            lo = bisect.bisect_left(self.times_ms, t - base)
+            hi = bisect.bisect_left(self.times_ms, stop - base)
+            count, t = count + hi - lo, stop
+        return count * PACKET * 8 / seconds / 1000
+
+
+class TraceLink:
+    """Hands out a trace's delivery opportunities in real time (one proxy, all connections)."""
+
+    def __init__(self, trace: Trace, start_s: float) -> None:
+        self.trace = trace
+        self.start_ms = start_s * 1000
+        self._t0: float | None = None
+        self._index = bisect.bisect_left(trace.times_ms, self.start_ms % trace.period_ms)
+        self._base_ms = (self.start_ms // trace.period_ms) * trace.period_ms
+
+    def start(self) -> None:
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+
+    def _next_at(self) -> float:
+        """Monotonic time of the next opportunity (not consumed)."""
+        assert self._t0 is not None
+        if self._index >= len(self.trace.times_ms):
+            self._index, self._base_ms = 0, self._base_ms + self.trace.period_ms
+        at_ms = self._base_ms + self.trace.times_ms[self._index] - self.start_ms
+        return self._t0 + at_ms / 1000
+
+    async def turn(self) -> None:
+        """Wait for the next opportunity and use it; those passed while idle are lost."""
+        self.start()
+        now = time.monotonic()
+        while self._next_at() < now - LATE_OK_S:
+            self._index += 1
+        wait = self._next_at() - now
+        self._index += 1
+        if wait > 0:
+            await asyncio.sleep(wait)
 
 
 class ThrottleProxy:
     def __init__(
-        self, upstream_port: int, rate: float | None = None, rcvbuf: int | None = None
+        self,
+        upstream_port: int,
+        rate: float | None = None,
+        rcvbuf: int | None = None,
+        *,
+        trace: Trace | None = None,
+        start_s: float = 0.0,
+        delay_s: float = 0.0,
     ) -> None:
         self.upstream_port = upstream_port
         self.rcvbuf = rcvbuf
+        self.link = TraceLink(trace, start_s) if trace is not None else None
+        self.delay_s = delay_s
         self.port = free_port()
         self.rate = rate
         self.forwarded = 0  # client→server bytes delivered upstream
@@ -98,6 +193,8 @@ class ThrottleProxy:
 
     async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         await self._gate().wait()
+        if self.link is not None:
+            self.link.start()
         try:
             s_reader, s_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
@@ -116,35 +213,89 @@ class ThrottleProxy:
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, throttle: bool
     ) -> None:
-        tokens, last = 0.0, time.monotonic()
+        out = _DelayLine(writer, self.delay_s)
+        bucket = _TokenBucket()
         with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
-            while True:
-                await self._gate().wait()  # black hole: stop reading, hold everything
-                data = await reader.read(min(CHUNK, self.rcvbuf or CHUNK) if throttle else 65536)
-                if not data:
-                    break
-                await self._gate().wait()
-                if throttle:
-                    for piece in _pieces(data, 1460):
-                        while True:
-                            rate = self.rate
-                            now = time.monotonic()
-                            if rate is None:
-                                break
-                            burst = max(rate * 0.05, len(piece))
-                            tokens = min(burst, tokens + (now - last) * rate)
-                            last = now
-                            if tokens >= len(piece):
-                                tokens -= len(piece)
-                                break
-                            await asyncio.sleep((len(piece) - tokens) / rate)
+            try:
+                while True:
+                    await self._gate().wait()  # black hole: stop reading, hold everything
+                    size = min(CHUNK, self.rcvbuf or CHUNK) if throttle else 65536
+                    data = await reader.read(size)
+                    if not data:
+                        break
+                    await self._gate().wait()
+                    if not throttle:
+                        await out.send(data)
+                        continue
+                    for piece in _pieces(data, PACKET if self.link else 1460):
+                        if self.link is not None:
+                            await self.link.turn()
+                        elif self.rate is not None:
+                            await bucket.take(len(piece), self.rate)
                         await self._gate().wait()
-                        writer.write(piece)
+                        await out.send(piece)
                         self.forwarded += len(piece)
-                else:
-                    writer.write(data)
-                await writer.drain()
-            writer.write_eof()
+                await out.send(b"")  # the end, after what is still on its way
+            finally:
+                await out.close()
+
+
+class _TokenBucket:
+    """``rate`` bytes/s with a 50 ms burst; the rate may change between calls."""
+
+    def __init__(self) -> None:
+        self.tokens, self.last = 0.0, time.monotonic()
+
+    async def take(self, size: int, rate: float) -> None:
+        while True:
+            now = time.monotonic()
+            burst = max(rate * 0.05, size)
+            self.tokens = min(burst, self.tokens + (now - self.last) * rate)
+            self.last = now
+            if self.tokens >= size:
+                self.tokens -= size
+                return
+            await asyncio.sleep((size - self.tokens) / rate)
+
+
+class _DelayLine:
+    """Writes each piece ``delay_s`` after it was sent (at once without a delay), in order;
+    an empty piece ends the stream (``write_eof``)."""
+
+    def __init__(self, writer: asyncio.StreamWriter, delay_s: float) -> None:
+        self.writer, self.delay_s = writer, delay_s
+        self.queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        self.task = asyncio.create_task(self._deliver()) if delay_s > 0 else None
+
+    async def send(self, data: bytes) -> None:
+        if self.task is None:
+            await self._write(data)
+        else:
+            self.queue.put_nowait((time.monotonic() + self.delay_s, data))
+
+    async def _write(self, data: bytes) -> None:
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+        else:
+            self.writer.write_eof()
+
+    async def _deliver(self) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                due, data = await self.queue.get()
+                if (wait := due - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)
+                await self._write(data)
+                if not data:
+                    return
+
+    async def close(self) -> None:
+        """Let what is on its way arrive (the end included), then stop."""
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.task), self.delay_s + 1)
+            self.task.cancel()
 
 
 def _pieces(data: bytes, size: int) -> Iterator[bytes]:
