@@ -28,6 +28,7 @@ import asyncio
 import bisect
 import contextlib
 import gzip
+import itertools
 import socket
 import threading
 import time
@@ -78,6 +79,22 @@ class Trace:
             hi = bisect.bisect_left(self.times_ms, stop - base)
             count, t = count + hi - lo, stop
         return count * PACKET * 8 / seconds / 1000
+
+    def longest_dark(self, start_s: float, seconds: float) -> float:
+        """The longest time in ``[start_s, start_s + seconds)`` without a delivery opportunity
+        (looping), in seconds: a frame on its way when the link goes dark waits that long
+        whatever the publisher does."""
+        at = [
+            base + t
+            for base in range(0, int(start_s + seconds) * 1000 + self.period_ms, self.period_ms)
+            for t in self.times_ms[
+                bisect.bisect_left(self.times_ms, start_s * 1000 - base) : bisect.bisect_left(
+                    self.times_ms, (start_s + seconds) * 1000 - base
+                )
+            ]
+        ]
+        edges = [start_s * 1000, *at, (start_s + seconds) * 1000]
+        return max(b - a for a, b in itertools.pairwise(edges)) / 1000
 
 
 class TraceLink:

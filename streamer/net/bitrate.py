@@ -32,11 +32,17 @@ class BitrateController:
 
     Increase (checked at every update): once the queue has been seen at or below
     ``calm_queue_ms`` on every update for ``calm_period`` seconds, counted from the
-    first calm update, the target is multiplied by ``increase_factor`` (rounded,
-    capped at ``max_kbps``) and the calm timer restarts, so it rises at most once
-    per ``calm_period``. The timer restarts too when the target is already at
-    ``max_kbps``. A single update above ``calm_queue_ms`` breaks the run. A target
-    so small that rounding eats the factor stays put.
+    first calm update, the target rises (capped at ``max_kbps``) and the calm timer
+    restarts, so it rises at most once per ``calm_period``; the timer restarts too
+    when the target is already at ``max_kbps``. A single update above
+    ``calm_queue_ms`` breaks the run. The step is ``increase_factor`` (rounded; a
+    target so small that rounding eats it stays put), except after a dip: then it
+    rises halfway back to ``recover_to_kbps`` (at least by ``increase_factor``),
+    the last target the link carried with the queue calm for a whole
+    ``calm_period`` before the dip. Decreases less than ``2 * calm_period`` apart
+    are one dip. So a cellular link that dips to nothing for a second is back
+    near its rate in three steps instead of thirty; a recovery that fails makes
+    the next dip's goal the last step that held.
 
     Edge cases:
 
@@ -91,6 +97,9 @@ class BitrateController:
         self._prev_queue_ms = 0
         self._calm_since: float | None = None
         self._last_now: float | None = None
+        self.recover_to_kbps = 0  # the rate to recover to after the last dip (0: none)
+        self._last_decrease: float | None = None
+        self._carried_kbps = 0  # the target when the queue last stayed calm a calm_period
 
     def reset(self, now: float) -> None:
         """A new connection: forget the samples, the measurement and the calm timer.
@@ -126,7 +135,7 @@ class BitrateController:
             self._start_window(now, bytes_accepted_total, queue_ms)
             if grows:
                 self._calm_since = None  # the queue is above calm_queue_ms anyway
-                return self._decrease(self.measured_kbps)
+                return self._decrease(self.measured_kbps, now)
         return self._track_calm(now, queue_ms)
 
     def _start_window(self, now: float, total: int, queue_ms: int) -> None:
@@ -134,11 +143,16 @@ class BitrateController:
         self._window_bytes = total
         self._prev_queue_ms = queue_ms
 
-    def _decrease(self, measured_kbps: float) -> int | None:
+    def _decrease(self, measured_kbps: float, now: float) -> int | None:
         wanted = round(self.decrease_factor * measured_kbps - self.audio_kbps)
         wanted = min(self.max_kbps, max(self.min_kbps, wanted))
         if self.target_kbps - wanted < MIN_CHANGE * self.target_kbps:
             return None  # not lower, or not lower by enough to matter
+        if self._last_decrease is None or now - self._last_decrease > 2 * self.calm_period:
+            # A new dip: recover to the last rate the link carried calmly. Decreases in
+            # quick succession are one dip, sinking from that same rate.
+            self.recover_to_kbps = self._carried_kbps
+        self._last_decrease = now
         self.target_kbps = wanted
         return wanted
 
@@ -152,7 +166,12 @@ class BitrateController:
         if now - self._calm_since < self.calm_period:
             return None
         self._calm_since = now
-        raised = min(self.max_kbps, round(self.target_kbps * self.increase_factor))
+        self._carried_kbps = self.target_kbps
+        raised = round(self.target_kbps * self.increase_factor)
+        if self.target_kbps < self.recover_to_kbps:
+            halfway = (self.target_kbps + self.recover_to_kbps) // 2
+            raised = max(raised, min(halfway, self.recover_to_kbps))
+        raised = min(self.max_kbps, raised)
         if raised <= self.target_kbps:
             return None
         self.target_kbps = raised

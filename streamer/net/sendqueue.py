@@ -149,19 +149,22 @@ class SendQueue:
             self._thin_oldest_gop()
 
     def _thin_oldest_gop(self) -> None:
-        """Drop the predicted frames of the oldest GOP; its keyframe stays."""
+        """Drop the oldest GOP: all of it when a later keyframe waits to resume at, else its
+        predicted frames (its keyframe stays, and the encoder is asked for a new one)."""
         video = self._video
+        resume = next((i for i in range(1, len(video)) if video[i].keyframe), None)
+        if resume is not None:
+            for _ in range(resume):
+                self._drop(video.popleft(), "congestion")
+            return
         first = next((i for i, p in enumerate(video) if not p.keyframe), None)
         if first is None:
             return  # only keyframes wait: the hard limit deals with them
-        resume = next((i for i in range(first + 1, len(video)) if video[i].keyframe), None)
-        end = resume if resume is not None else len(video)
         packets = list(video)
-        for packet in packets[first:end]:
+        for packet in packets[first:]:
             self._drop(packet, "congestion")
-        self._video = deque(packets[:first] + packets[end:])
-        if resume is None:
-            self._request_keyframe("awaiting_keyframe")
+        self._video = deque(packets[:first])
+        self._request_keyframe("awaiting_keyframe")
 
     def _cut_video(self) -> None:
         """Drop queued video up to the newest keyframe; if even that lags too much, all of it."""

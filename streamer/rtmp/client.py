@@ -46,7 +46,7 @@ CHUNK_SIZE = 4096
 WRITE_BUFFER_HIGH = 64 * 1024
 # We ask the server to acknowledge every ACK_WINDOW bytes: its acks prove the
 # stream reaches the server application, not just a kernel buffer on the way.
-ACK_WINDOW = 8 * 1024
+ACK_WINDOW = 4 * 1024
 # nginx-rtmp forgets what it received since its last ack when its counter
 # restarts: at most one ack window plus one read (a chunk and its header).
 RESTART_GAP = ACK_WINDOW + CHUNK_SIZE + 64
@@ -190,7 +190,7 @@ class RtmpPublisher:
         self._in = ChunkReader()
         self._read_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
-        self.window = InFlightWindow(min_window=4 * ACK_WINDOW)
+        self.window = InFlightWindow(min_window=2 * ACK_WINDOW)
         # Until the server acks (some never do), TCP's own acks size the window:
         # a link's queue then stays in our send queue, not in the kernel's.
         self.tcp_window = InFlightWindow(min_window=2 * ACK_WINDOW)

@@ -231,3 +231,38 @@ def test_target_always_within_min_and_max(
             assert ctl.target_kbps == before
         else:
             assert new == ctl.target_kbps != before
+
+
+def test_after_a_dip_it_recovers_to_the_rate_the_link_carried_in_a_few_steps() -> None:
+    """A cellular link carries 2000 kbps, goes dark for 2 s, and carries 2000 kbps again."""
+    ctl = BitrateController(2500, min_kbps=300, audio_kbps=128)
+    link = Link(ctl, link_kbps=2000)
+    link.start()
+    link.run(20.0)  # settles under the link, and holds a rate calmly
+    held = ctl.target_kbps
+    assert 1000 <= held <= 2000 - 128
+    link.link_kbps = 0
+    link.run(2.0)
+    assert ctl.target_kbps == 300  # the dip: down to the floor at once
+    link.link_kbps = 2000
+    dip_over = link.now
+    link.run(14.0)
+    back = [t for t, kbps in link.changes if t > dip_over and kbps >= 0.85 * held]
+    # Three calm periods (12 s) after the dark backlog drains; tenfold steps would need 40 s.
+    assert back and back[0] - dip_over <= 14.0, link.changes
+    assert max(kbps for t, kbps in link.changes if t > dip_over) <= 2000 - 128
+
+
+def test_a_recovery_that_fails_aims_lower_next_time() -> None:
+    """The link came back at half its rate: recovering to the old rate fails once, and the
+    next dip's goal is the last step that held, not the old rate again."""
+    ctl = BitrateController(2500, min_kbps=300, audio_kbps=128)
+    link = Link(ctl, link_kbps=2000)
+    link.start()
+    link.run(20.0)
+    link.link_kbps = 0
+    link.run(2.0)
+    link.link_kbps = 900
+    link.run(60.0)
+    late = [kbps for t, kbps in link.changes if t > link.now - 30]
+    assert late and max(late) <= 900  # no more overshoots to the old rate

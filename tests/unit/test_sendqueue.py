@@ -6,7 +6,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamer.media import Kind, Packet
-from streamer.net.sendqueue import MAX_FRAME_BYTES, QueueCounters, SendQueue
+from streamer.net.sendqueue import (
+    DEFAULT_DROP_THRESHOLD_MS,
+    MAX_FRAME_BYTES,
+    QueueCounters,
+    SendQueue,
+)
 
 
 def video(ms: int, key: bool, size: int = 1000) -> Packet:
@@ -132,21 +137,34 @@ def test_invariants_hold_for_any_arrivals_and_link(
             assert i - 1 in sent_set, f"P-frame {i} sent after its reference {i - 1} was dropped"
 
 
-def test_over_the_threshold_the_oldest_gop_loses_its_predicted_frames() -> None:
+def test_over_the_threshold_the_oldest_gop_goes_when_a_later_keyframe_waits() -> None:
     q = SendQueue(drop_threshold_ms=500, hard_limit_ms=5000)
     for n in range(20):  # GOP of 10 frames, 100 ms apart: 0..1900 ms
         q.push(video(n * 100, key=n % 10 == 0))
-    sent = []
-    while (p := q.pop()) is not None:
-        sent.append((p.dts_ms, p.keyframe))
-    # the first GOP's keyframe survives and its P-frames are gone; nothing
-    # predicted is sent before the second keyframe
-    assert sent[0] == (0, True)
-    assert (1000, True) in sent
-    assert all(key or dts > 1000 for dts, key in sent)
-    assert q.counters.removed_packets[("video", "congestion")] >= 6
-    assert q.counters.dropped(Kind.VIDEO) >= 9
+    sent = [(p.dts_ms, p.keyframe) for p in iter(q.pop, None)]
+    # the whole first GOP, keyframe too: what is sent resumes at the second keyframe, whose
+    # own predicted frames were thinned too once they lagged
+    assert sent[0] == (1000, True)
+    assert all(dts >= 1000 for dts, _ in sent)
+    assert q.counters.removed_packets[("video", "congestion")] >= 10
     assert q.counters.dropped(Kind.AUDIO) == 0
+
+
+def test_a_dark_link_leaves_one_fresh_keyframe_not_a_stack_of_them() -> None:
+    """Seconds with nothing sent (a link gone dark): what waits when it comes back is the
+    newest GOP, and the encoder was not asked for a keyframe at every other frame."""
+    q = SendQueue()  # the defaults: 700 ms, hard limit 2000 ms
+    q.push(video(0, True))
+    assert q.pop() is not None
+    for n in range(1, 150):  # 5 s at 30 fps, a keyframe every 2 s (60 frames), none sent
+        key = n % 60 == 0 or q.keyframe_wanted  # the encoder makes the keyframe asked for
+        q.keyframe_wanted = False
+        q.push(video(n * 33, key))
+    waiting = list(iter(q.pop, None))
+    keys = [p for p in waiting if p.keyframe]
+    assert waiting[0].keyframe and len(keys) == 1, [(p.dts_ms, p.keyframe) for p in waiting]
+    assert 149 * 33 - waiting[0].dts_ms <= DEFAULT_DROP_THRESHOLD_MS
+    assert q.counters.keyframes_requested <= 5
 
 
 def test_congestion_without_a_later_keyframe_asks_the_encoder_for_one() -> None:
