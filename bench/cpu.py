@@ -121,7 +121,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def streamer_command(url: str, size: tuple[int, int], duration: float) -> list[str]:
+def streamer_command(
+    url: str, size: tuple[int, int], duration: float, *, video_kbps: int = VIDEO_KBPS
+) -> list[str]:
     cli = Path(sys.executable).parent / "streamer"
     prefix = [str(cli)] if cli.exists() else [sys.executable, "-m", "streamer"]
     return [
@@ -138,7 +140,7 @@ def streamer_command(url: str, size: tuple[int, int], duration: float) -> list[s
         "--fps",
         str(FPS),
         "--video-bitrate",
-        str(VIDEO_KBPS),
+        str(video_kbps),
         "--audio-bitrate",
         str(AUDIO_KBPS),
         "--duration",

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,8 +56,8 @@ TARGET_P95_S = 1.0
 TARGET_RATIO = 0.3
 # Bounds, so that nothing runs away.
 CONNECT_TIMEOUT = 20.0  # publisher start → first byte through the proxy
-SIGINT_AFTER = 55.0  # publisher start → SIGINT (ffmpeg queues and can run long)
-SIGKILL_AFTER = 62.0  # publisher start → SIGKILL
+SIGINT_AFTER = 25.0  # publisher start → SIGINT, beyond the media's length (ffmpeg queues)
+SIGKILL_AFTER = 32.0  # publisher start → SIGKILL, beyond the media's length
 VIEWER_IDLE = 2.0  # after the publisher ends: no video packet for this long = done
 VIEWER_GRACE = 10.0  # after the publisher ends: stop watching regardless
 PHASES = (
@@ -101,13 +101,54 @@ class RunResult:
         return self.p95_s is not None
 
 
-def ffmpeg_command(url: str) -> list[str]:
-    """The same encode as bench/cpu.py's ffmpeg run: testsrc2 + sine, x264 as streamer's."""
-    return cpu.ffmpeg_command(url, MEDIA_S, cpu.testsrc2_input(SIZE_WH))
+@dataclass
+class Publication:
+    """What one publish through the proxy left, besides its ``RunResult``."""
+
+    arrivals: np.ndarray  # monotonic arrival of each video packet at the viewer
+    delays: np.ndarray  # each one's delay above the run's minimum, s
+    first_byte: float | None  # monotonic: the publisher's first byte through the proxy
+    ended: float  # monotonic: the publisher ended (or was stopped)
+    forwarded: int  # bytes the proxy had delivered upstream by then
 
 
-def streamer_command(url: str) -> list[str]:
-    return [*cpu.streamer_command(url, SIZE_WH, MEDIA_S), "--log-format", "json"]
+def publisher_command(
+    streamer: bool,
+    url: str,
+    size: tuple[int, int] = SIZE_WH,
+    media_s: float = MEDIA_S,
+    video_kbps: int = VIDEO_KBPS,
+) -> list[str]:
+    """``streamer run`` (logging JSON), or the same encode as bench/cpu.py's ffmpeg run:
+    testsrc2 + sine, x264 as streamer's."""
+    if streamer:
+        command = cpu.streamer_command(url, size, media_s, video_kbps=video_kbps)
+        return [*command, "--log-format", "json"]
+    return cpu.ffmpeg_command(url, media_s, cpu.testsrc2_input(size), video_kbps=video_kbps)
+
+
+@dataclass
+class Stage:
+    """A local nginx-rtmp, a work directory, and the viewers to join once the server stops."""
+
+    server: LocalRtmpServer
+    workdir: Path
+    viewers: list[threading.Thread] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def stage(prefix: str, *, record: bool = True) -> Iterator[Stage]:
+    """A ``Stage`` while in the block: the work directory (named ``prefix``…) is removed
+    and the viewers are joined after the server has stopped (their reads end then)."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    viewers: list[threading.Thread] = []
+    try:
+        with LocalRtmpServer(record=record) as server:
+            yield Stage(server, workdir, viewers)
+    finally:
+        for viewer in viewers:
+            viewer.join(timeout=5)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def sleep_until(deadline: float, proc: subprocess.Popen[bytes]) -> bool:
@@ -119,11 +160,12 @@ def sleep_until(deadline: float, proc: subprocess.Popen[bytes]) -> bool:
     return True
 
 
-def stop_publisher(proc: subprocess.Popen[bytes], started: float) -> None:
-    """Wait for the publisher to end by itself, up to the bounds; SIGINT, then SIGKILL."""
-    for deadline, sig in ((SIGINT_AFTER, signal.SIGINT), (SIGKILL_AFTER, signal.SIGKILL)):
+def stop_publisher(proc: subprocess.Popen[bytes], started: float, media_s: float = MEDIA_S) -> None:
+    """Wait for the publisher of ``media_s`` seconds to end by itself, up to the bounds;
+    SIGINT, then SIGKILL."""
+    for after, sig in ((SIGINT_AFTER, signal.SIGINT), (SIGKILL_AFTER, signal.SIGKILL)):
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.0, started + deadline - time.monotonic()))
+            proc.wait(timeout=max(0.0, started + media_s + after - time.monotonic()))
             return
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
@@ -156,8 +198,15 @@ def percentiles(values: np.ndarray) -> tuple[float | None, float | None, float |
     )
 
 
-def measure(result: RunResult, report: MediaReport, t0: float | None) -> None:
-    """Delay statistics from a snapshot of what the viewer received."""
+def measure(
+    result: RunResult,
+    report: MediaReport,
+    t0: float | None,
+    phases: Sequence[tuple[str, float, float]] = PHASES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Delay statistics from a snapshot of what the viewer received; by phase of ``phases``
+    (by arrival from ``t0``) if ``t0`` is known. Returns the snapshot's arrival times and
+    delays (empty if fewer than two video packets came)."""
     errors = list(report.decode_errors)
     arrivals_list, pts_list = list(report.arrivals), list(report.video_pts_ms)
     audio_frames = report.audio_frames_decoded
@@ -169,7 +218,7 @@ def measure(result: RunResult, report: MediaReport, t0: float | None) -> None:
         result.problems.append(f"decode errors, first: {errors[0]}")
     if n < 2:
         result.problems.append(f"the viewer received {n} video packets")
-        return
+        return np.zeros(0), np.zeros(0)
     arrivals = np.array(arrivals_list[:n])
     lag = arrivals - np.array(pts_list[:n]) / 1000
     delay = lag - lag.min()
@@ -180,9 +229,10 @@ def measure(result: RunResult, report: MediaReport, t0: float | None) -> None:
         result.audio_continuity_pct = 100 * audio_frames / expected
     if t0 is not None:
         since = arrivals - t0
-        for name, start, stop in PHASES:
+        for name, start, stop in phases:
             part = delay[(since >= start) & (since < stop)]
             result.phases.append(Phase(name, len(part), *percentiles(part)))
+    return arrivals, delay
 
 
 def read_streamer_log(result: RunResult, log_path: Path) -> None:
@@ -201,31 +251,36 @@ def read_streamer_log(result: RunResult, log_path: Path) -> None:
     result.min_target_kbps = min(targets, default=None)
 
 
-def run_one(
-    name: str,
-    server: LocalRtmpServer,
-    key: str,
-    workdir: Path,
-    streamer: bool,
+def publish_watched(
+    result: RunResult,
+    proxy: ThrottleProxy,
+    watch_url: str,
+    log_path: Path,
     viewers: list[threading.Thread],
-) -> RunResult:
-    proxy = ThrottleProxy(server.port)
-    url = f"rtmp://127.0.0.1:{proxy.port}/live/{key}"
-    cmd = streamer_command(url) if streamer else ffmpeg_command(url)
-    result = RunResult(name, cmd)
+    *,
+    streamer: bool,
+    media_s: float = MEDIA_S,
+    phases: Sequence[tuple[str, float, float]] = PHASES,
+    shape: Callable[[float, subprocess.Popen[bytes]], None] | None = None,
+) -> Publication:
+    """Run ``result.command`` (``media_s`` seconds of media) through ``proxy`` while a viewer
+    of ``watch_url``, started first, measures it into ``result``; ``shape(first_byte, proc)``
+    runs from the first byte through the proxy (e.g. changing its rate). The proxy is
+    started here and stopped at the end; the viewer is added to ``viewers``."""
+    name = result.name
     report = MediaReport()
-    log_path = workdir / f"{name}.log"
     proc: subprocess.Popen[bytes] | None = None
     t0: float | None = None
-    print(f"[{name}] streaming through the squeeze …", file=sys.stderr, flush=True)
     proxy.start()
     try:
-        viewer = watch_live(server.url(key), MEDIA_S + 60, report, nobuffer=True)
+        viewer = watch_live(watch_url, media_s + 60, report, nobuffer=True)
         viewers.append(viewer)  # it may stay blocked until the server stops
         time.sleep(0.5)
         with log_path.open("wb") as log:
             started = time.monotonic()
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            proc = subprocess.Popen(
+                result.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
             while proxy.forwarded == 0 and proc.poll() is None:
                 if time.monotonic() - started > CONNECT_TIMEOUT:
                     result.problems.append(f"nothing sent within {CONNECT_TIMEOUT:g} s")
@@ -233,15 +288,14 @@ def run_one(
                 time.sleep(0.005)
             if proxy.forwarded > 0:
                 t0 = time.monotonic()
-                if sleep_until(t0 + SQUEEZE_AT, proc):
-                    proxy.set_rate(SQUEEZE_RATE)
-                    sleep_until(t0 + RESTORE_AT, proc)
-                proxy.set_rate(None)
-            stop_publisher(proc, started)
-            result.wall_s = time.monotonic() - started
+                if shape is not None:
+                    shape(t0, proc)
+            stop_publisher(proc, started, media_s)
+            ended, forwarded = time.monotonic(), proxy.forwarded
+            result.wall_s = ended - started
             result.returncode = proc.returncode
         wait_viewer_done(viewer, report)
-        measure(result, report, t0)
+        arrivals, delays = measure(result, report, t0, phases)
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -255,6 +309,37 @@ def run_one(
         tail = log_path.read_text(errors="replace").strip().splitlines()[-10:]
         for line in tail:
             print(f"[{name}]   {line}", file=sys.stderr)
+    return Publication(arrivals, delays, t0, ended, forwarded)
+
+
+def run_one(
+    name: str,
+    server: LocalRtmpServer,
+    key: str,
+    workdir: Path,
+    streamer: bool,
+    viewers: list[threading.Thread],
+) -> RunResult:
+    proxy = ThrottleProxy(server.port)
+    url = f"rtmp://127.0.0.1:{proxy.port}/live/{key}"
+    result = RunResult(name, publisher_command(streamer, url))
+
+    def squeeze(t0: float, proc: subprocess.Popen[bytes]) -> None:
+        if sleep_until(t0 + SQUEEZE_AT, proc):
+            proxy.set_rate(SQUEEZE_RATE)
+            sleep_until(t0 + RESTORE_AT, proc)
+        proxy.set_rate(None)
+
+    print(f"[{name}] streaming through the squeeze …", file=sys.stderr, flush=True)
+    publish_watched(
+        result,
+        proxy,
+        server.url(key),
+        workdir / f"{name}.log",
+        viewers,
+        streamer=streamer,
+        shape=squeeze,
+    )
     return result
 
 
@@ -266,34 +351,68 @@ def fmt(value: float | None, spec: str = "6.2f") -> str:
     return "n/a".rjust(int(width) if width else 0)
 
 
-def print_tables(results: list[RunResult]) -> None:
-    header = (
-        f"{'run':<9} {'p50 s':>6} {'p95 s':>6} {'max s':>6} {'errors':>6} {'video':>6} "
-        f"{'watched s':>9} {'audio %':>7} {'exit':>4}"
-    )
+def print_table(columns: Sequence[tuple[str, int]], rows: Iterable[Sequence[str]]) -> None:
+    """``rows`` under the ``columns``' titles and a rule, one space apart: the first column
+    left-aligned, the others right-aligned, each at least its width."""
+
+    def line(cells: Sequence[str]) -> str:
+        return " ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, (_, width)) in enumerate(zip(cells, columns, strict=False))
+        )
+
+    header = line([title for title, _ in columns])
     print(header)
     print("-" * len(header))
-    for r in results:
-        code = "n/a" if r.returncode is None else str(r.returncode)
-        print(
-            f"{r.name:<9} {fmt(r.p50_s)} {fmt(r.p95_s)} {fmt(r.max_s)} {r.decode_errors:6d} "
-            f"{r.video_packets:6d} {r.watched_s:9.1f} {fmt(r.audio_continuity_pct, '7.1f')} "
-            f"{code:>4}"
-        )
+    for row in rows:
+        print(line(row))
+
+
+DELAY_COLUMNS = (("p50 s", 6), ("p95 s", 6), ("max s", 6))
+
+
+def delay_cells(r: RunResult) -> list[str]:
+    """A run's cells under DELAY_COLUMNS."""
+    return [fmt(r.p50_s), fmt(r.p95_s), fmt(r.max_s)]
+
+
+def print_tables(results: list[RunResult]) -> None:
+    columns = [("run", 9), *DELAY_COLUMNS, ("errors", 6)]
+    columns += [("video", 6), ("watched s", 9), ("audio %", 7), ("exit", 4)]
+    print_table(
+        columns,
+        (
+            [
+                r.name,
+                *delay_cells(r),
+                f"{r.decode_errors:6d}",
+                f"{r.video_packets:6d}",
+                f"{r.watched_s:9.1f}",
+                fmt(r.audio_continuity_pct, "7.1f"),
+                "n/a" if r.returncode is None else str(r.returncode),
+            ]
+            for r in results
+        ),
+    )
     print()
     print("delay by phase (by arrival, from the publisher's first byte): p95 / max s, packets")
     titles = [
         f"{name} {start:g}-{stop:g} s" if stop != float("inf") else f"{name} {start:g} s+"
         for name, start, stop in PHASES
     ]
-    header = f"{'run':<9}" + "".join(f" {t:>22}" for t in titles)
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        cells = [
-            f"{fmt(p.p95_s, '5.2f')} / {fmt(p.max_s, '5.2f')} {p.packets:5d}" for p in r.phases
-        ]
-        print(f"{r.name:<9}" + "".join(f" {c:>22}" for c in cells))
+    print_table(
+        [("run", 9), *((t, 22) for t in titles)],
+        (
+            [
+                r.name,
+                *(
+                    f"{fmt(p.p95_s, '5.2f')} / {fmt(p.max_s, '5.2f')} {p.packets:5d}"
+                    for p in r.phases
+                ),
+            ]
+            for r in results
+        ),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -301,21 +420,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     args = parser.parse_args(argv)
 
-    workdir = Path(tempfile.mkdtemp(prefix="streamer-squeeze-"))
     results: list[RunResult] = []
-    viewers: list[threading.Thread] = []
     try:
-        with LocalRtmpServer() as server:
+        with stage("streamer-squeeze-") as st:
             for name, streamer in (("ffmpeg", False), ("streamer", True)):
-                results.append(run_one(name, server, f"squeeze-{name}", workdir, streamer, viewers))
+                key = f"squeeze-{name}"
+                results.append(run_one(name, st.server, key, st.workdir, streamer, st.viewers))
                 time.sleep(1.0)
     except StreamerError as exc:
         print(f"bench: error: {exc.message}", file=sys.stderr)
         return 2
-    finally:
-        for viewer in viewers:  # the server has stopped: their reads end
-            viewer.join(timeout=5)
-        shutil.rmtree(workdir, ignore_errors=True)
 
     ffmpeg_run, streamer_run = results
     ratio = (
