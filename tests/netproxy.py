@@ -14,12 +14,15 @@ early. It matters to a publisher that watches TCP's acknowledgements because
 the server sends no RTMP ones; an RTMP server's acks show what it has read.
 
 ``trace=Trace.load(...)`` replaces the token bucket with a measured link
-(tests/traces/): the client→server direction delivers one packet of up to
-1500 bytes at each of the trace's opportunities, from ``start_s`` into the
-trace, looping at its end, as Mahimahi's link shell does; an opportunity
-with nothing waiting is lost. Its clock starts at the first connection, and
-reconnections share it. ``delay_s`` adds a fixed one-way delay to each
-direction (a radio link's propagation and scheduling, e.g. 0.04).
+(tests/traces/): the client→server direction delivers up to 1500 bytes at
+each of the trace's opportunities, from ``start_s`` into the trace, looping
+at its end, as Mahimahi's link shell does; an opportunity with nothing
+waiting is lost. The proxy's kernel still acknowledges what it buffered
+(see above): the link's queue is that buffer, as a cellular base station's
+is. Its clock starts at the first connection, and reconnections share it.
+``delay_s`` adds a fixed one-way delay to each direction (a radio link's
+propagation and scheduling, e.g. 0.04); it reaches the publisher through
+the server's replies (RTMP acks), not through TCP's own acknowledgements.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from streamer.localserver import free_port
 CHUNK = 16 * 1024
 PACKET = 1500  # bytes one trace opportunity carries
 TRACES = Path(__file__).parent / "traces"
-LATE_OK_S = 0.02  # an opportunity missed by less than this (the proxy's own lag) is still used
+READ_AT_ONCE_S = 0.002  # a read that returns this fast found its bytes already waiting
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,13 @@ class Trace:
 
 
 class TraceLink:
-    """Hands out a trace's delivery opportunities in real time (one proxy, all connections)."""
+    """Hands out a trace's delivery opportunities in real time (one proxy, all connections).
+
+    As Mahimahi's link: each opportunity carries up to ``PACKET`` bytes, shared
+    by whatever is waiting (a 400-byte audio frame does not use up a whole
+    one), a piece larger than what is left waits for the next, and an
+    opportunity that passes with nothing waiting is lost.
+    """
 
     def __init__(self, trace: Trace, start_s: float) -> None:
         self.trace = trace
@@ -106,6 +115,8 @@ class TraceLink:
         self._t0: float | None = None
         self._index = bisect.bisect_left(trace.times_ms, self.start_ms % trace.period_ms)
         self._base_ms = (self.start_ms // trace.period_ms) * trace.period_ms
+        self._left = 0  # bytes left of the current opportunity
+        self._left_at = 0.0  # when that opportunity came
 
     def start(self) -> None:
         if self._t0 is None:
@@ -119,16 +130,27 @@ class TraceLink:
         at_ms = self._base_ms + self.trace.times_ms[self._index] - self.start_ms
         return self._t0 + at_ms / 1000
 
-    async def turn(self) -> None:
-        """Wait for the next opportunity and use it; those passed while idle are lost."""
+    async def grant(self, wanted: int, waiting_since: float) -> int:
+        """Wait until some of ``wanted`` bytes may cross; how many (at least 1).
+
+        ``waiting_since``: when these bytes were there to send; opportunities
+        before it passed with nothing waiting and are lost (the proxy's own
+        lag, by contrast, loses nothing).
+        """
         self.start()
-        now = time.monotonic()
-        while self._next_at() < now - LATE_OK_S:
+        if self._left and self._left_at >= waiting_since:
+            used = min(wanted, self._left)
+            self._left -= used
+            return used
+        while self._next_at() < waiting_since:
             self._index += 1
-        wait = self._next_at() - now
+        at = self._next_at()
         self._index += 1
-        if wait > 0:
+        if (wait := at - time.monotonic()) > 0:
             await asyncio.sleep(wait)
+        used = min(wanted, PACKET)
+        self._left, self._left_at = PACKET - used, at
+        return used
 
 
 class ThrottleProxy:
@@ -232,26 +254,39 @@ class ThrottleProxy:
     ) -> None:
         out = _DelayLine(writer, self.delay_s)
         bucket = _TokenBucket()
+        got = time.monotonic()  # when the last read returned
         with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
             try:
                 while True:
                     await self._gate().wait()  # black hole: stop reading, hold everything
                     size = min(CHUNK, self.rcvbuf or CHUNK) if throttle else 65536
+                    asked, previous = time.monotonic(), got
                     data = await reader.read(size)
                     if not data:
                         break
+                    got = time.monotonic()
+                    # Bytes a read finds at once came while the last ones were on their way:
+                    # the link had something waiting since that read.
+                    waiting_since = previous if got - asked < READ_AT_ONCE_S else got
                     await self._gate().wait()
                     if not throttle:
                         await out.send(data)
                         continue
-                    for piece in _pieces(data, PACKET if self.link else 1460):
-                        if self.link is not None:
-                            await self.link.turn()
-                        elif self.rate is not None:
-                            await bucket.take(len(piece), self.rate)
-                        await self._gate().wait()
-                        await out.send(piece)
-                        self.forwarded += len(piece)
+                    if self.link is not None:
+                        view = memoryview(data)
+                        while view:
+                            n = await self.link.grant(len(view), waiting_since)
+                            await self._gate().wait()
+                            await out.send(bytes(view[:n]))
+                            self.forwarded += n
+                            view = view[n:]
+                    else:
+                        for piece in _pieces(data, 1460):
+                            if self.rate is not None:
+                                await bucket.take(len(piece), self.rate)
+                            await self._gate().wait()
+                            await out.send(piece)
+                            self.forwarded += len(piece)
                 await out.send(b"")  # the end, after what is still on its way
             finally:
                 await out.close()
