@@ -12,8 +12,9 @@ evenly across each trace rather than one window picked by hand.
 For each window, ``streamer run`` and ffmpeg (testsrc2 + sine, the same x264
 and AAC 128k settings, bench/cpu.py's commands) each publish ``--window-s``
 seconds of ``--size``@30 to one local nginx-rtmp through a fresh proxy that
-replays the trace from the window's start (tests/netproxy.py, one packet of
-1500 bytes per delivery opportunity, ``--delay-ms`` one-way delay each way).
+replays the trace from the window's start (tests/netproxy.py: up to 1500
+bytes per delivery opportunity, as Mahimahi; ``--delay-ms`` one-way delay
+each way).
 The video bitrate is what the trace carries on average: 1000k on
 ATT-LTE-driving, 2500k on the other two. A viewer on nginx, started before
 the publisher, times every video packet: its delay (arrival − pts, above the
@@ -33,7 +34,11 @@ windows.
 
 Targets for streamer, in every window (reported, not asserted): p95 ≤ 1.0 s,
 max ≤ 2.5 s, no decode errors, longest freeze ≤ 2.5 s, and at least as many
-frames within 1 s of live as ffmpeg in the same window. The exit status is
+frames within 1 s of live as ffmpeg in the same window. Where the trace
+carries nothing at all for longer (ATT has stretches of 8 and 24 s, and one
+of 70 s), a frame on its way when it went dark waits it out whatever the
+publisher does: there max and freeze may reach the longest dark (over the
+window and the 10 s after it, while the last frames drain) plus 1 s. The exit status is
 non-zero only if a run could not be measured at all.
 
 The default set (14 windows, two publishers each) takes about 20 minutes;
@@ -84,11 +89,15 @@ LIVE_S = 1.0  # a frame at most this far behind live is "live"
 TARGET_P95_S = 1.0
 TARGET_MAX_S = 2.5
 TARGET_FREEZE_S = 2.5
+# A frame on its way when the link goes dark waits as long as the dark lasts, whatever the
+# publisher does: where the window has a longer dark, max and freeze may be this much more.
+DARK_MARGIN_S = 1.0
+DRAIN_S = 10.0  # how far past the window the trace may still carry a run's last frames
 TARGETS = (
     f"p95 ≤ {TARGET_P95_S:g} s",
-    f"max ≤ {TARGET_MAX_S:g} s",
+    f"max ≤ {TARGET_MAX_S:g} s (or dark + {DARK_MARGIN_S:g} s)",
     "no decode errors",
-    f"longest freeze ≤ {TARGET_FREEZE_S:g} s",
+    f"longest freeze ≤ {TARGET_FREEZE_S:g} s (or dark + {DARK_MARGIN_S:g} s)",
     f"frames within {LIVE_S:g} s ≥ ffmpeg's",
 )
 
@@ -110,6 +119,7 @@ class Window:
     video_kbps: int
     link_kbps: float  # the trace's mean capacity over the window
     outage_s: int  # whole seconds of the window under OUTAGE_KBPS
+    dark_s: float  # the longest time without a delivery opportunity, window and drain
     runs: list[CellRun] = field(default_factory=list)
     targets: dict[str, bool] = field(default_factory=dict)  # streamer's, by target
 
@@ -203,9 +213,10 @@ def judge(window: Window) -> dict[str, bool]:
         return {}
     met = [
         s.p95_s is not None and s.p95_s <= TARGET_P95_S,
-        s.max_s is not None and s.max_s <= TARGET_MAX_S,
+        s.max_s is not None and s.max_s <= max(TARGET_MAX_S, window.dark_s + DARK_MARGIN_S),
         s.measured and s.decode_errors == 0,
-        s.longest_freeze_s is not None and s.longest_freeze_s <= TARGET_FREEZE_S,
+        s.longest_freeze_s is not None
+        and s.longest_freeze_s <= max(TARGET_FREEZE_S, window.dark_s + DARK_MARGIN_S),
     ]
     if f is not None:
         met.append(s.within_live >= f.within_live)
@@ -232,8 +243,8 @@ def summarise(windows: Sequence[Window], name: str) -> Summary | None:
 def print_window(window: Window) -> None:
     print(
         f"{window.trace} from {window.start_s:g} s for {window.seconds:g} s: link "
-        f"{window.link_kbps:.0f} kbit/s mean, {window.outage_s} s under {OUTAGE_KBPS} kbit/s; "
-        f"video {window.video_kbps}k"
+        f"{window.link_kbps:.0f} kbit/s mean, {window.outage_s} s under {OUTAGE_KBPS} kbit/s, "
+        f"dark for {window.dark_s:.1f} s at most; video {window.video_kbps}k"
     )
     columns = [("run", 9), *DELAY_COLUMNS, ("max at s", 8), (f"≤{LIVE_S:g} s/recv", 11)]
     columns += [("freeze s", 8), ("errors", 6)]
@@ -365,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     outage_s=sum(
                         trace.kbps(start + i, 1.0) < OUTAGE_KBPS for i in range(int(window_s))
                     ),
+                    dark_s=trace.longest_dark(start, window_s + DRAIN_S),
                 )
                 for publisher in publishers:
                     run = run_publisher(publisher, window, trace, st, size, args.delay_ms / 1000)

@@ -7,9 +7,10 @@ import random
 import pytest
 
 from streamer.rtmp.acks import HANDSHAKE_BYTES, WRAP, AckCounter
+from streamer.rtmp.client import ACK_WINDOW, RESTART_GAP
 
 RESTART = 0xF0000000  # where nginx-rtmp and SRS restart their counter
-GAP = 8192 + 4096 + 64  # one ack window + one nginx read, as the publisher uses
+GAP = RESTART_GAP  # one ack window + one nginx read, as the publisher uses
 
 
 def test_plain_acks_are_the_total() -> None:
@@ -74,7 +75,7 @@ class NginxCounter:
     """nginx-rtmp's in_bytes: reads of at most one chunk, an ack every window,
     reset to 0 once past 0xF0000000 (checked before the ack)."""
 
-    def __init__(self, rng: random.Random, window: int = 8192, read: int = 4096 + 18) -> None:
+    def __init__(self, rng: random.Random, window: int = ACK_WINDOW, read: int = 4096 + 18) -> None:
         self.rng, self.window, self.read = rng, window, read
         self.received = 0  # what it really received
         self.in_bytes = self.last_ack = 0
