@@ -99,6 +99,16 @@ class Trace:
         edges = [start_s * 1000, *at, (start_s + seconds) * 1000]
         return max(b - a for a, b in itertools.pairwise(edges)) / 1000
 
+    def longest_outage(self, start_s: float, seconds: float, below_kbps: float = 100) -> float:
+        """The longest stretch of ``[start_s, start_s + seconds)`` the link is as good as
+        dark: no opportunity at all, or whole seconds under ``below_kbps`` (12 kbit/s is
+        one packet a second, which takes 8 KiB in flight six seconds to deliver)."""
+        run = longest = 0
+        for second in range(int(start_s), int(start_s + seconds)):
+            run = run + 1 if self.kbps(second, 1.0) < below_kbps else 0
+            longest = max(longest, run)
+        return max(float(longest), self.longest_dark(start_s, seconds))
+
 
 class TraceLink:
     """Hands out a trace's delivery opportunities in real time (one proxy, all connections).
