@@ -428,14 +428,16 @@ async def stream(
             await streamer.run(shutdown)
         finally:
             notifier.stopping()
-            # At most the rest of the import when the stream ended first; never cancelled
-            # halfway through binding its port.
-            status = await page if page is not None else None
-            if status is not None:
-                await status.stop()
-            pings.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            try:
+                # At most the rest of the import and the bind when the stream ended first;
+                # shielded, so that a cancel here never leaves the port half bound.
+                status = await asyncio.shield(page) if page is not None else None
+                if status is not None:
+                    await status.stop()
+            finally:
+                pings.cancel()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
 
 
 def run_demo(args: argparse.Namespace) -> None:

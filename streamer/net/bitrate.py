@@ -37,12 +37,13 @@ class BitrateController:
     when the target is already at ``max_kbps``. A single update above
     ``calm_queue_ms`` breaks the run. The step is ``increase_factor`` (rounded; a
     target so small that rounding eats it stays put), except after a dip: then it
-    rises halfway back to ``recover_to_kbps`` (at least by ``increase_factor``),
-    the last target the link carried with the queue calm for a whole
-    ``calm_period`` before the dip. Decreases less than ``2 * calm_period`` apart
-    are one dip. So a cellular link that dips to nothing for a second is back
-    near its rate in three steps instead of thirty; a recovery that fails makes
-    the next dip's goal the last step that held.
+    rises at once to ``recover_to_kbps`` (if that is more), the last target the
+    link carried with the queue calm for a whole ``calm_period`` before the dip.
+    Decreases less than ``2 * calm_period`` apart, with no raise between them,
+    are one dip. So a cellular link that dips to nothing for a second is back at
+    its rate one calm period after its backlog drained, instead of thirty steps
+    of 10 % later; a link that came back slower makes that step fail once, and
+    the failure is a new dip whose goal is the step before it.
 
     Edge cases:
 
@@ -104,8 +105,9 @@ class BitrateController:
     def reset(self, now: float) -> None:
         """A new connection: forget the samples, the measurement and the calm timer.
 
-        The target is kept. ``now`` only anchors the clock-going-backwards check;
-        the next ``update`` starts the first window.
+        The target is kept, and so is what to recover to after a dip (a reconnect
+        is often a dip's end). ``now`` only anchors the clock-going-backwards
+        check; the next ``update`` starts the first window.
         """
         self._window_start = None
         self._calm_since = None
@@ -117,6 +119,7 @@ class BitrateController:
         if self._last_now is not None and now < self._last_now:
             self._window_start = None
             self._calm_since = None
+            self._last_decrease = None
         self._last_now = now
 
         if self._window_start is None or bytes_accepted_total < self._window_bytes:
@@ -167,10 +170,10 @@ class BitrateController:
             return None
         self._calm_since = now
         self._carried_kbps = self.target_kbps
+        self._last_decrease = None  # a raise ends the dip: a failed one starts a new one
         raised = round(self.target_kbps * self.increase_factor)
         if self.target_kbps < self.recover_to_kbps:
-            halfway = (self.target_kbps + self.recover_to_kbps) // 2
-            raised = max(raised, min(halfway, self.recover_to_kbps))
+            raised = max(raised, self.recover_to_kbps)
         raised = min(self.max_kbps, raised)
         if raised <= self.target_kbps:
             return None

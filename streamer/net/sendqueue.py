@@ -28,7 +28,7 @@ MAX_FRAME_BYTES = (1 << 20) - 64
 # Why a packet left the queue without being sent.
 Reason = Literal[
     # The link could not carry it: drops a person watching the numbers should worry about.
-    "congestion",  # the oldest GOP's predicted frames, above the drop threshold
+    "congestion",  # the oldest GOP (or its predicted frames), above the drop threshold
     "hard_limit",  # everything before the newest keyframe (or audio), above the hard limit
     "awaiting_keyframe",  # predicted frames after such a cut, until the next keyframe
     "connection_lost",  # the backlog of a connection that broke
@@ -84,8 +84,8 @@ class SendQueue:
     """Packets in arrival order per track; popped in timestamp order across tracks.
 
     Depth is how far the oldest waiting packet lags behind the newest one
-    captured, in media time. Above ``drop_threshold_ms`` the rest of the
-    oldest GOP's predicted frames are dropped (its keyframe stays); above
+    captured, in media time. Above ``drop_threshold_ms`` the oldest GOP is
+    dropped, or only its predicted frames when no later keyframe waits; above
     ``hard_limit_ms`` all video before the newest keyframe goes. When no
     keyframe is left to resume at, new predicted frames are dropped until
     the next keyframe, which the encoder is asked for at once.
