@@ -66,14 +66,22 @@ def read_counter(luma: npt.NDArray[np.uint8], height: int) -> int | None:
 CAPTURE_FLOOR = 0.6
 
 
-def check_counters_as_captured(counters: list[int], frames_in_run: int, captured: int) -> int:
+def check_counters_as_captured(
+    readings: list[int | None], frames_in_run: int, captured: int
+) -> int:
     """The sim camera's frame counters read back: in capture order, none twice, and none
     missing but what the camera skipped (a reader that is late loses frames, as a sensor's
     does; ``captured`` frames of the ``frames_in_run`` its clock made were read). Returns
-    how many it skipped."""
+    how many it skipped.
+
+    ``readings``: every decoded frame's counter, None where it could not be read: such a
+    frame arrived, so it is not missing (it used to count as one).
+    """
+    where = [i for i, c in enumerate(readings) if c is not None]
+    counters = [c for c in readings if c is not None]
     assert all(b > a for a, b in itertools.pairwise(counters)), f"frames out of order: {counters}"
     skipped_by_camera = max(0, frames_in_run + 1 - captured)
-    missing = counters[-1] - counters[0] + 1 - len(counters)
+    missing = counters[-1] - counters[0] + 1 - (where[-1] - where[0] + 1)
     assert missing <= skipped_by_camera, (
         f"{missing} frames missing, the camera skipped {skipped_by_camera}"
     )

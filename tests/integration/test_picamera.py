@@ -73,5 +73,5 @@ def test_pi_camera_streams_and_the_recording_decodes(
     assert len(counters) >= 0.95 * len(report.counters)
     # Every frame in capture order, none twice, none missing but what the camera
     # skipped (a reader that is late loses frames, as with picamera2).
-    check_counters_as_captured(counters, 6 * 30, captured)
+    check_counters_as_captured(report.counters, 6 * 30, captured)
     assert abs(report.audio_pts_ms[0] - report.video_pts_ms[0]) <= 50
