@@ -353,8 +353,8 @@ async def start_status_page(
 ) -> StatusServer | None:
     """Serve the status page, or say why not and return None: the stream matters more.
 
-    aiohttp takes about 0.4 s and 10 MB to import, as long as everything else
-    before the first frame: it is imported in a thread while the stream starts.
+    aiohttp takes 0.25-0.4 s and 10 MB to import: in a thread, so that the event
+    loop (the button, signals) stays responsive meanwhile.
     """
     security = security or PageSecurity()
     try:
@@ -413,25 +413,18 @@ async def stream(
         pings = asyncio.create_task(watchdog_pings(notifier, streamer.healthy))
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, shutdown.set)
-        page = None
+        status = None
         if status_port:
-            page = asyncio.create_task(
-                start_status_page(
-                    streamer,
-                    panel,
-                    port=status_port,
-                    host=status_address,
-                    security=status_security,
-                )
+            # Before the stream, not beside it: its import (0.25-0.4 s of Python) beside the
+            # first seconds of capture made a busy machine skip frames (docs/design.md).
+            status = await start_status_page(
+                streamer, panel, port=status_port, host=status_address, security=status_security
             )
         try:
             await streamer.run(shutdown)
         finally:
             notifier.stopping()
             try:
-                # At most the rest of the import and the bind when the stream ended first;
-                # shielded, so that a cancel here never leaves the port half bound.
-                status = await asyncio.shield(page) if page is not None else None
                 if status is not None:
                     await status.stop()
             finally:
