@@ -302,7 +302,7 @@ def test_unit_is_active_after_ready(device: Device) -> None:
     owner = device.box.run("stat", "--format=%U", f"/proc/{state['MainPID']}").output.strip()
     assert owner == "streamer"
     # The status page listens on 127.0.0.1 inside: the host's loopback (shared network).
-    device.wait_event("status page", timeout=30)  # it starts beside the stream, not first
+    device.wait_event("status page", timeout=30)  # the page says it is serving
     url = f"http://127.0.0.1:{device.status_port}/status"
     with urllib.request.urlopen(url, timeout=10) as answer:
         body = answer.read().decode()

@@ -143,7 +143,7 @@ def test_a_board_without_usable_gpio_streams_and_says_so_once(
             pytest.skip("a GPIO pin factory loads on this machine (a Raspberry Pi?)")
         [error] = errors
         assert error["event"] == "LED GPIO27 and button GPIO17 unavailable: streaming without them"
-        cli.wait_for_event("status page", timeout=10)  # it starts beside the stream, not first
+        cli.wait_for_event("status page", timeout=10)  # the page says it is serving
         assert "no GPIO pin factory loads" in error["reason"]
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as reply:
             status = json.load(reply)

@@ -75,7 +75,7 @@ def test_status_and_metrics_follow_the_stream_and_stop_stops_it(
     )
     try:
         cli.wait_for_state("preparing -> live", timeout=15)
-        cli.wait_for_event("status page", timeout=10)  # it starts beside the stream, not first
+        cli.wait_for_event("status page", timeout=10)  # the page says it is serving
         first = status_when(base, lambda s: s["frames_sent"] > 0, 10, "frames sent")
         # the rates come with the first stats line, 5 s after going live
         second = status_when(

@@ -172,7 +172,7 @@ def test_the_page_from_another_host(
         )
         try:
             cli.wait_for_state("preparing -> live", timeout=15)
-            cli.wait_for_event("status page", timeout=10)  # it starts beside the stream
+            cli.wait_for_event("status page", timeout=10)  # the page says it is serving
             url = f"http://{remote.listen}:{port}/"
             with Browser(tmp_path, url, remote.prefix) as browser:
                 # Without the password: the login form, and nothing else answers.
