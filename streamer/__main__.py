@@ -415,8 +415,8 @@ async def stream(
             loop.add_signal_handler(sig, shutdown.set)
         status = None
         if status_port:
-            # Before the stream, not beside it: its import (0.25-0.4 s of Python) beside the
-            # first seconds of capture made a busy machine skip frames (docs/design.md).
+            # Before the stream, not beside it: its import (0.25-0.4 s of Python) would compete
+            # with the first seconds of capture for the interpreter (docs/design.md).
             status = await start_status_page(
                 streamer, panel, port=status_port, host=status_address, security=status_security
             )
