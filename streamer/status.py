@@ -327,7 +327,7 @@ class StatusServer:
             if exc.errno == errno.EADDRINUSE or "in use" in str(exc):
                 raise ConfigError(
                     f"status page port {self.port} on {self.host} is already in use; "
-                    "choose another with --status-port (0 picks a free one)"
+                    "choose another with --status-port (0 turns the page off)"
                 ) from None
             raise ConfigError(
                 f"cannot serve the status page on {self.host}:{self.port} "

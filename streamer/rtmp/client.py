@@ -63,6 +63,10 @@ CLOSE_LINGER = 2.0  # seconds to read the server's last words before closing
 # A silent TLS server after this long (or 3 TCP connects) may be plain RTMP:
 # nginx-rtmp and SRS wait for 1537 bytes, longer than a ClientHello.
 PLAIN_PROBE_AFTER = 0.5
+# nginx-rtmp answers a publish its access rules refuse with Publish.Start and
+# then hangs up (its live module runs before its access module): a Start is
+# final once the connection outlives it this long. Both come in one flight.
+PUBLISH_SETTLE = 0.1
 WATCHDOG_PERIOD = 0.5
 FLASH_VERSION = "FMLE/3.0 (compatible; streamer)"
 
@@ -273,6 +277,9 @@ class RtmpPublisher:
             )
         )
         await self._wait(self._publish_status, "publish")
+        await asyncio.wait({self._read_task}, timeout=PUBLISH_SETTLE)
+        if self._failure is not None:
+            raise self._failure
         self._phase = "live"
         log.info("published", url=self.url.redacted, stream_id=self.stream_id)
 

@@ -161,6 +161,8 @@ def test_refused_publish_in_service_mode_is_retried_after_the_cooldown(
         "320x180",
         "--error-cooldown",
         str(cooldown),
+        "--status-port",
+        "0",
     )
     try:
         failed = cli.wait_for_state("preparing -> error", timeout=15)
@@ -182,7 +184,8 @@ def test_refused_publish_in_service_mode_is_retried_after_the_cooldown(
 
 def test_service_mode_cooldown_is_a_minute_by_default(rtmp_server: LocalRtmpServer) -> None:
     cli = LiveCli(
-        "run", "--url", rtmp_server.url("nope", app="locked"), "--service", "--size", "320x180"
+        *("run", "--url", rtmp_server.url("nope", app="locked"), "--service"),
+        *("--size", "320x180", "--status-port", "0"),
     )
     try:
         cli.wait_for_state("preparing -> error", timeout=15)

@@ -80,6 +80,20 @@ def test_publish_refusal_carries_the_servers_words() -> None:
     assert "Stream key is not valid" in info.value.message
 
 
+@pytest.mark.parametrize("gap", [0.0, 0.02])
+def test_a_hang_up_right_after_publish_start_is_a_refusal(gap: float) -> None:
+    # nginx-rtmp's `deny publish` answers Start and then closes: in one read, or two.
+    async def after_publish(server: ScriptedServer) -> None:
+        assert server.writer is not None
+        await server.writer.drain()
+        await asyncio.sleep(gap)
+        server.writer.transport.abort()
+
+    server = ScriptedServer(after_publish=after_publish)
+    with pytest.raises(PublishRejected, match="in answer to publish; is the stream key right"):
+        run(publish_to(server, lambda p: asyncio.sleep(0)))
+
+
 def test_connect_error_carries_the_servers_words() -> None:
     server = ScriptedServer(connect_error="Unknown application 'live'")
     with pytest.raises(PublishRejected) as info:
