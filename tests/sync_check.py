@@ -70,6 +70,8 @@ class SyncResult:
     unpaired_clicks_ms: list[float] = field(default_factory=list)
     # flashes a frame of which the camera skipped (a busy machine): their centre is off
     partial_flashes_ms: list[float] = field(default_factory=list)
+    # clicks during a stretch the camera skipped whole: no frame could show their flash
+    unseen_clicks_ms: list[float] = field(default_factory=list)
 
     @property
     def median_ms(self) -> float:
@@ -86,7 +88,8 @@ class SyncResult:
             f"{max(abs(o) for o in self.nearest_frame_ms):.1f} ms); unpaired flashes "
             f"{[round(t) for t in self.unpaired_flashes_ms]}, clicks "
             f"{[round(t) for t in self.unpaired_clicks_ms]}; partial flashes left out "
-            f"{[round(t) for t in self.partial_flashes_ms]}"
+            f"{[round(t) for t in self.partial_flashes_ms]}, clicks the camera skipped "
+            f"{[round(t) for t in self.unseen_clicks_ms]}"
         )
 
 
@@ -111,7 +114,30 @@ def measure_sync(report: MediaReport) -> SyncResult:
             continue
         result.offsets_ms.append(clicks[i] - flash.centre_ms)
         result.nearest_frame_ms.append(clicks[i] - flash.brightest_ms)
-    result.unpaired_clicks_ms = [
-        c for i, c in enumerate(clicks) if i not in paired and start + PAIR_MS <= c <= end - PAIR_MS
-    ]
+    for i, click in enumerate(clicks):
+        if i in paired or not start + PAIR_MS <= click <= end - PAIR_MS:
+            continue
+        if camera_skipped(report, click):
+            result.unseen_clicks_ms.append(click)
+        else:
+            result.unpaired_clicks_ms.append(click)
     return result
+
+
+def camera_skipped(report: MediaReport, at_ms: float) -> bool:
+    """Whether the camera captured no frame within a period of ``at_ms`` and the stream lost none.
+
+    The sim skips the periods its reader was late for (as a sensor nobody
+    reads does): the frames on both sides of the hole carry consecutive
+    counters. A hole with a counter missing lost a frame after capture.
+    """
+    times = np.array(report.frame_pts_ms, dtype=np.float64)
+    period = float(np.median(np.diff(times)))
+    after = int(np.searchsorted(times, at_ms))
+    if after == 0 or after == len(times):
+        return False
+    before_ms, after_ms = times[after - 1], times[after]
+    if at_ms - before_ms < period or after_ms - at_ms < period:
+        return False  # a frame was there to show the flash
+    first, second = report.counters[after - 1], report.counters[after]
+    return first is not None and second == first + 1

@@ -4,7 +4,9 @@ Two streams run at once into one nginx-rtmp (the sim microphone at 30 and 25
 fps), then real libasound reading a FIFO through its `file` plugin, fed in real
 time by the test (on a quiet machine: `make test` runs it by itself, as a
 late feed is the test's delay, not the program's). See ``tests/sync_check.py`` for how a
-flash is placed to the millisecond.
+flash is placed to the millisecond. A second whose frames the camera skipped whole (a busy
+machine: the sim's frame counter goes on across the hole) has no flash to pair; it is left
+out and counted, and 16 of the 18 seconds must still pair.
 """
 
 from __future__ import annotations
