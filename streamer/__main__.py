@@ -364,6 +364,7 @@ async def start_status_page(
             lambda: {**streamer.snapshot(), "controls": panel.summary()},
             on_start=lambda: streamer.start("status page"),
             on_stop=lambda: streamer.stop("status page"),
+            on_text=lambda text, index: streamer.set_text(text, index, "status page"),
             port=port,
             host=host,
             history=streamer.history.as_json,

@@ -161,6 +161,7 @@ class Snapshot(DeviceNumbers):
     uptime_s: float
     resolution: str
     url: str  # the first destination's
+    texts: list[str]  # what each text filter shows (templates, %-fields unfilled)
     destinations: list[DestinationNumbers]
 
 
@@ -217,6 +218,7 @@ class Device:
             for target in settings.destinations
         ]
         self.pipeline: PipelineLike | None = None
+        self._texts: dict[int, str] = {}  # text filters changed live: number -> text
         self.error: StreamerError | None = None
         self.started = clock()
         self.target_kbps = settings.video_bitrate_kbps  # what the encoder was last told
@@ -276,8 +278,23 @@ class Device:
             "resolution": f"{self.s.width}x{self.s.height}",
             "url": self.s.url.redacted,
             **self.numbers(),
+            "texts": self.texts(),
             "destinations": destinations,
         }
+
+    def texts(self) -> list[str]:
+        """What each text filter shows now (its template, %-fields unfilled)."""
+        chain = self.pipeline.filters if self.pipeline is not None else None
+        if chain is not None:
+            return chain.texts
+        if not self._texts and not any(f.lstrip().startswith("text") for f in self.s.filters):
+            return []
+        from streamer.encode.filters import TextSpec, parse_filter
+
+        given = [
+            spec.template for f in self.s.filters if isinstance(spec := parse_filter(f), TextSpec)
+        ]
+        return [self._texts.get(i, text) for i, text in enumerate(given)]
 
     def preview_jpeg(self) -> bytes | None:
         """The live picture as a JPEG (at most 640 px wide, at most one encode a second).
@@ -334,6 +351,21 @@ class Device:
             self._want_running = False
             log.info("stop requested", by=by)
             self._wake.set()
+
+    def set_text(self, text: str, index: int = 0, by: str = "python") -> None:
+        """Show ``text`` in text filter number ``index`` (from 0, in the order configured),
+        from the next frame on and after every restart; strftime %-fields allowed.
+        ConfigError when there is no such filter or the text cannot be shown."""
+        from streamer.encode.filters import check_text, check_text_index, text_filter_count
+
+        with self._logging():
+            check_text_index(index, text_filter_count(self.s.filters))
+            check_text(text, f"new text {text[:40]!r}")
+            self._texts[index] = text
+            chain = self.pipeline.filters if self.pipeline is not None else None
+            if chain is not None:
+                chain.set_text(text, index)
+            log.info("text changed", index=index, text=text, by=by)
 
     def reset(self, reason: str) -> None:
         """In error: forget it and stay idle (the button held 3 s)."""
@@ -472,6 +504,9 @@ class Device:
         fanout = Fanout()
         pipeline = self._pipeline_factory(self.s, fanout)
         self.pipeline = pipeline
+        if pipeline.filters is not None:  # texts changed live outlast a restart
+            for index, text in self._texts.items():
+                pipeline.filters.set_text(text, index)
         fanout.outboxes = tuple(d.attach(loop) for d in self.destinations)
         pipeline.start()
         # A hardware encoder only learns SPS/PPS with its first keyframe.

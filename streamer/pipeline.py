@@ -295,7 +295,7 @@ class Pipeline:
             def video_step() -> list[Packet]:
                 frame, captured = camera.read()
                 if chain is not None:
-                    frame = chain.process(frame)
+                    frame = chain.process(frame, captured)
                     chain.adapt()  # too slow for the frame rate: lighten the chain, once
                 preview.offer_frame(frame)
                 return encoder.encode(frame, clock.to_ms(captured))

@@ -56,7 +56,7 @@ from streamer.access import (
     is_loopback_peer,
 )
 from streamer.auth import LoginLimiter, Sessions, token_matches, verify_password
-from streamer.exc import ConfigError
+from streamer.exc import ConfigError, StreamerError
 from streamer.history import empty as empty_history
 from streamer.log import redact
 from streamer.page import CONTROL_HEADER, CONTROL_VALUE, CSP, render_login, render_page
@@ -232,6 +232,7 @@ class StatusServer:
         *,
         on_start: Callable[[], object],
         on_stop: Callable[[], object],
+        on_text: Callable[[str, int], object] | None = None,
         port: int = DEFAULT_PORT,
         host: str = "127.0.0.1",
         history: Callable[[], Mapping[str, Any]] | None = None,
@@ -251,6 +252,7 @@ class StatusServer:
         self.snapshot = snapshot
         self.on_start = on_start
         self.on_stop = on_stop
+        self.on_text = on_text
         self.port = port
         self.host = host
         self.history = history or empty_history
@@ -294,6 +296,7 @@ class StatusServer:
             web.get("/metrics", self._metrics),
             web.post("/start", self._start),
             web.post("/stop", self._stop),
+            web.post("/text", self._set_text),
         ]
         if self.password_hash is not None:
             routes += [
@@ -431,6 +434,29 @@ class StatusServer:
 
     async def _stop(self, request: web.Request) -> web.Response:
         return self._control(request, self.on_stop)
+
+    async def _set_text(self, request: web.Request) -> web.Response:
+        """``{"text": "...", "index": 0}``: what text filter ``index`` shows from the next frame."""
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
+            return _text(400, 'send JSON: {"text": "...", "index": 0}')
+        index = body.get("index", 0)
+        if not isinstance(index, int) or isinstance(index, bool):
+            return _text(400, "index must be a whole number (the text filter's, from 0)")
+        text: str = body["text"]
+
+        def change() -> None:
+            if self.on_text is None:
+                raise ConfigError("this device has no text to change")
+            self.on_text(text, index)
+
+        try:
+            return self._control(request, change)
+        except StreamerError as exc:
+            return _text(400, exc.message)
 
     def _control(self, request: web.Request, command: Callable[[], object]) -> web.Response:
         why = self._cross_site(request)

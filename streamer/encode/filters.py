@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeAlias, TypeVar
 
 import av
 import av.error
@@ -52,6 +52,9 @@ import av.video.frame
 import structlog
 
 from streamer.exc import ConfigError
+
+if TYPE_CHECKING:
+    from streamer.encode.text import TextOverlay
 
 log = structlog.get_logger("streamer.filters")
 N = TypeVar("N", int, float)
@@ -65,10 +68,16 @@ DEFAULT_OPACITY = 1.0
 ADAPT_WINDOW_S = 2.0  # adapt() judges the average cost over this much video
 ADAPT_FRACTION = 0.8  # of the frame budget (1000/fps ms)
 
+MIN_TEXT_SIZE, MAX_TEXT_SIZE = 8, 200  # font size in pixels
+MAX_TEXT_CHARS = 200
+
 ALLOWED = (
     "allowed filters: beauty[=STRENGTH] (0..1, default 0.5), "
     "watermark=FILE.png[:CORNER][:margin=PIXELS][:opacity=0..1] "
-    f"(CORNER one of {'|'.join(CORNERS)}, default bottom-right), mirror"
+    "(default bottom-right), "
+    "text=TEXT[:CORNER][:size=PIXELS][:color=NAME|#RRGGBB][:box=1|0][:margin=PIXELS] "
+    "(strftime %-fields from the capture time, default bottom-left), mirror; "
+    f"CORNER one of {'|'.join(CORNERS)}"
 )
 
 
@@ -103,7 +112,24 @@ class MirrorSpec:
     name: Literal["mirror"] = "mirror"
 
 
-FilterSpec: TypeAlias = BeautySpec | WatermarkSpec | MirrorSpec
+@dataclass(frozen=True)
+class TextSpec:
+    """One line of text at a corner; %-fields (strftime) come from each frame's capture time.
+
+    ``size`` is the font size in pixels (None: a 24th of the picture height);
+    ``box`` puts a dark translucent box behind it, for any scene.
+    """
+
+    template: str
+    corner: Corner = "bottom-left"
+    size: int | None = None
+    color: tuple[int, int, int] = (255, 255, 255)
+    box: bool = True
+    margin: int = DEFAULT_MARGIN
+    name: Literal["text"] = "text"
+
+
+FilterSpec: TypeAlias = BeautySpec | WatermarkSpec | MirrorSpec | TextSpec
 
 
 def parse_filter(spec: str) -> FilterSpec:
@@ -117,6 +143,10 @@ def parse_filter(spec: str) -> FilterSpec:
         if not sep or not arg.strip():
             raise ConfigError(f"filter {spec!r}: watermark needs a PNG file; {ALLOWED}")
         return _parse_watermark(spec, arg.strip())
+    if name == "text":
+        if not sep or not arg.strip():
+            raise ConfigError(f"filter {spec!r}: text needs something to show; {ALLOWED}")
+        return _parse_text(spec, arg)
     if name == "mirror":
         if sep:
             raise ConfigError(f"filter {spec!r}: mirror takes no value; {ALLOWED}")
@@ -138,62 +168,158 @@ def _parse_beauty(spec: str, arg: str | None) -> BeautySpec:
     return BeautySpec(strength)
 
 
-def _parse_watermark(spec: str, arg: str) -> WatermarkSpec:
-    # Options are taken from the right, so a file name may itself contain ':'.
+def _options_from_right(
+    spec: str, arg: str, what: str, keys: tuple[str, ...]
+) -> tuple[str, dict[str, str]]:
+    """``HEAD[:CORNER][:key=value]...`` → (HEAD, options); a bare corner is ``corner=``.
+
+    Options are taken from the right, so HEAD (a file name, a text) may itself
+    contain ':'. The first part from the right that is no option ends them.
+    """
     parts = arg.split(":")
-    corner: Corner = "bottom-right"
-    margin, opacity = DEFAULT_MARGIN, DEFAULT_OPACITY
-    seen: set[str] = set()
+    options: dict[str, str] = {}
     while len(parts) > 1:
         key, eq, value = (t.strip() for t in parts[-1].partition("="))
         key = key.lower()
         if not eq and key in CORNERS:
             key, value = "corner", key
-        elif not eq or key not in ("corner", "margin", "opacity"):
+        elif not eq or key not in keys:
             if eq and key.isidentifier():
-                raise ConfigError(f"filter {spec!r}: unknown watermark option {key!r}; {ALLOWED}")
-            break  # the rest is the file name
-        if key in seen:
-            raise ConfigError(f"filter {spec!r}: watermark {key} given twice; {ALLOWED}")
-        seen.add(key)
-        if key == "corner":
-            corner = _as_corner(spec, value.lower())
-        elif key == "margin":
-            margin = _as_number(spec, value, int, "margin", "a whole number of pixels >= 0")
-            if margin < 0:
-                raise ConfigError(
-                    f"filter {spec!r}: watermark margin must be a whole number of pixels "
-                    f">= 0; {ALLOWED}"
-                )
-        else:
-            opacity = _as_number(spec, value, float, "opacity", "above 0 and at most 1")
-            if not 0.0 < opacity <= 1.0:  # also rejects nan
-                raise ConfigError(
-                    f"filter {spec!r}: watermark opacity must be above 0 and at most 1; {ALLOWED}"
-                )
+                raise ConfigError(f"filter {spec!r}: unknown {what} option {key!r}; {ALLOWED}")
+            break  # the rest is the head
+        if key in options:
+            raise ConfigError(f"filter {spec!r}: {what} {key} given twice; {ALLOWED}")
+        options[key] = value
         parts.pop()
-    path = Path(":".join(parts).strip()).expanduser()
+    return ":".join(parts), options
+
+
+def _margin(spec: str, what: str, options: dict[str, str]) -> int:
+    if "margin" not in options:
+        return DEFAULT_MARGIN
+    rule = "a whole number of pixels >= 0"
+    margin = _as_number(spec, what, options["margin"], int, "margin", rule)
+    if margin < 0:
+        raise ConfigError(f"filter {spec!r}: {what} margin must be {rule}; {ALLOWED}")
+    return margin
+
+
+def _parse_watermark(spec: str, arg: str) -> WatermarkSpec:
+    head, options = _options_from_right(spec, arg, "watermark", ("corner", "margin", "opacity"))
+    corner = _as_corner(spec, "watermark", options.get("corner", "bottom-right").lower())
+    opacity = DEFAULT_OPACITY
+    if "opacity" in options:
+        rule = "above 0 and at most 1"
+        opacity = _as_number(spec, "watermark", options["opacity"], float, "opacity", rule)
+        if not 0.0 < opacity <= 1.0:  # also rejects nan
+            raise ConfigError(f"filter {spec!r}: watermark opacity must be {rule}; {ALLOWED}")
+    path = Path(head.strip()).expanduser()
+    parts = head.split(":")
     if not path.exists() and len(parts) > 1 and Path(":".join(parts[:-1]).strip()).exists():
         raise ConfigError(
             f"filter {spec!r}: unknown watermark option {parts[-1].strip()!r}; {ALLOWED}"
         )
     _check_png(spec, path)
-    return WatermarkSpec(path, corner, margin, opacity)
+    return WatermarkSpec(path, corner, _margin(spec, "watermark", options), opacity)
 
 
-def _as_corner(spec: str, text: str) -> Corner:
+def _parse_text(spec: str, arg: str) -> TextSpec:
+    keys = ("corner", "margin", "size", "color", "box")
+    head, options = _options_from_right(spec, arg, "text", keys)
+    corner = _as_corner(spec, "text", options.get("corner", "bottom-left").lower())
+    size = None
+    if "size" in options:
+        size = _as_number(spec, "text", options["size"], int, "size", "a whole number of pixels")
+        if not MIN_TEXT_SIZE <= size <= MAX_TEXT_SIZE:
+            raise ConfigError(
+                f"filter {spec!r}: text size must be {MIN_TEXT_SIZE} to {MAX_TEXT_SIZE} pixels"
+            )
+    color = parse_color(spec, options.get("color", "white"))
+    box = options.get("box", "1").lower()
+    if box not in ("0", "1", "on", "off", "yes", "no", "true", "false"):
+        raise ConfigError(f"filter {spec!r}: text box must be 1 or 0, got {box!r}; {ALLOWED}")
+    template = check_text(head, f"filter {spec!r}")
+    margin = _margin(spec, "text", options)
+    return TextSpec(template, corner, size, color, box in ("1", "on", "yes", "true"), margin)
+
+
+def check_text_index(index: int, count: int) -> None:
+    """ConfigError unless there is a text filter number ``index`` (from 0) of ``count``."""
+    if not 0 <= index < count:
+        have = f"{count} text filter" + ("" if count == 1 else "s")
+        raise ConfigError(
+            f"no text filter number {index} to change (this stream has {have}; "
+            "add one with --filter text=... or [video] filters)"
+        )
+
+
+def text_filter_count(specs: Sequence[str]) -> int:
+    """How many of these filter texts are text filters."""
+    return sum(isinstance(parse_filter(spec), TextSpec) for spec in specs)
+
+
+def check_text(text: str, context: str) -> str:
+    """The text as given, if it is one line of printable characters strftime takes;
+    ConfigError starting with ``context`` (what the text was for) otherwise."""
+    if not text.strip():
+        raise ConfigError(f"{context}: text needs something to show")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ConfigError(f"{context}: text is over {MAX_TEXT_CHARS} characters")
+    if not text.isprintable():
+        raise ConfigError(f"{context}: text must be one line of printable characters")
+    try:
+        time.strftime(text, time.localtime(0))
+    except ValueError as exc:
+        raise ConfigError(f"{context}: text has a bad % field ({exc})") from None
+    return text
+
+
+COLORS = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "yellow": (255, 255, 0),
+    "red": (255, 0, 0),
+    "green": (0, 200, 0),
+    "blue": (0, 0, 255),
+    "cyan": (0, 255, 255),
+    "magenta": (255, 0, 255),
+    "orange": (255, 165, 0),
+    "grey": (128, 128, 128),
+}
+
+
+def parse_color(spec: str, text: str) -> tuple[int, int, int]:
+    """A colour by name or as #RRGGBB."""
+    name = text.strip().lower()
+    if name in COLORS:
+        return COLORS[name]
+    if len(name) == 7 and name.startswith("#"):
+        try:
+            value = int(name[1:], 16)
+        except ValueError:
+            pass
+        else:
+            return (value >> 16, (value >> 8) & 0xFF, value & 0xFF)
+    raise ConfigError(
+        f"filter {spec!r}: colour {text!r} is not #RRGGBB nor one of {', '.join(COLORS)}"
+    )
+
+
+def _as_corner(spec: str, what: str, text: str) -> Corner:
     for corner in CORNERS:
         if corner == text:
             return corner
-    raise ConfigError(f"filter {spec!r}: watermark corner {text!r} is not one of {CORNERS}")
+    raise ConfigError(f"filter {spec!r}: {what} corner {text!r} is not one of {CORNERS}")
 
 
-def _as_number(spec: str, text: str, kind: Callable[[str], N], what: str, rule: str) -> N:
+def _as_number(
+    spec: str, what: str, text: str, kind: Callable[[str], N], option: str, rule: str
+) -> N:
     try:
         return kind(text)
     except ValueError:
         raise ConfigError(
-            f"filter {spec!r}: watermark {what} must be {rule}, got {text!r}; {ALLOWED}"
+            f"filter {spec!r}: {what} {option} must be {rule}, got {text!r}; {ALLOWED}"
         ) from None
 
 
@@ -233,6 +359,7 @@ def load_logo(path: Path) -> av.VideoFrame:
 class _Stage:
     spec: FilterSpec
     logo: av.VideoFrame | None = None
+    text: TextOverlay | None = None
 
     @property
     def name(self) -> str:
@@ -244,6 +371,8 @@ class _Stage:
             return (1, float(width * height))
         if self.logo is not None:  # overlay blends the logo's pixels
             return (0, 2.0 * self.logo.width * self.logo.height)
+        if self.text is not None:  # and the text's strip, converted every frame
+            return (0, 3.0 * self.text.width * self.text.height)
         return (0, 0.1 * width * height)  # hflip: a plain copy, ~0.07 ms at 720p
 
 
@@ -276,6 +405,7 @@ class FilterChain:
         self._window: deque[float] = deque(maxlen=max(10, round(window_s * fps)))
         self._sum = 0.0
         self._time_base = Fraction(1, max(1, round(fps)))
+        self._texts: list[TextOverlay] = []  # every text filter, in the order given
         self._stages = self._order(specs)
         self._build()
 
@@ -283,6 +413,7 @@ class FilterChain:
         beauty = [s for s in specs if isinstance(s, BeautySpec)]
         mirror = [s for s in specs if isinstance(s, MirrorSpec)]
         marks = [s for s in specs if isinstance(s, WatermarkSpec)]
+        texts = [s for s in specs if isinstance(s, TextSpec)]
         if len(beauty) > 1:
             raise ConfigError("the beauty filter is given more than once")
         if len(mirror) > 1:
@@ -297,6 +428,11 @@ class FilterChain:
                     f"a {self.width}x{self.height} picture with a {mark.margin} px margin"
                 )
             stages.append(_Stage(mark, logo))
+        if texts:
+            from streamer.encode.text import TextOverlay  # Pillow: only when asked
+
+            self._texts = [TextOverlay(t, self.width, self.height) for t in texts]
+            stages += [_Stage(overlay.spec, text=overlay) for overlay in self._texts]
         return stages
 
     @property
@@ -331,6 +467,7 @@ class FilterChain:
         )
         last = self._source
         logos: list[tuple[av.filter.context.FilterContext, av.VideoFrame]] = []
+        self._text_sources: list[tuple[av.filter.context.FilterContext, TextOverlay]] = []
         for stage in self._stages:
             spec = stage.spec
             if isinstance(spec, BeautySpec):
@@ -340,8 +477,20 @@ class FilterChain:
             elif isinstance(spec, MirrorSpec):
                 node = graph.add("hflip")
                 last.link_to(node)
+            elif stage.text is not None:
+                text = stage.text
+                text_src = graph.add_buffer(
+                    width=text.width,
+                    height=text.height,
+                    format=av.VideoFormat("rgba"),
+                    time_base=tb,
+                )
+                node = graph.add("overlay", _overlay_at(text.corner, text.margin, eof="pass"))
+                last.link_to(node, 0, 0)
+                text_src.link_to(node, 0, 1)
+                self._text_sources.append((text_src, text))
             else:
-                assert stage.logo is not None
+                assert isinstance(spec, WatermarkSpec) and stage.logo is not None
                 logo_src = graph.add_buffer(
                     width=stage.logo.width,
                     height=stage.logo.height,
@@ -352,7 +501,7 @@ class FilterChain:
                 if spec.opacity < 1.0:
                     logo_out = graph.add("colorchannelmixer", f"aa={spec.opacity:.4f}")
                     logo_src.link_to(logo_out)
-                node = graph.add("overlay", _overlay_args(spec))
+                node = graph.add("overlay", _overlay_at(spec.corner, spec.margin, eof="repeat"))
                 last.link_to(node, 0, 0)
                 logo_out.link_to(node, 0, 1)
                 logos.append((logo_src, stage.logo))
@@ -370,8 +519,23 @@ class FilterChain:
             src.push(None)
         self._graph = graph
 
-    def process(self, frame: av.VideoFrame) -> av.VideoFrame:
-        """The filtered picture: same size, yuv420p, the input's pts and time_base."""
+    def set_text(self, text: str, index: int = 0) -> None:
+        """Show ``text`` (strftime %-fields allowed) in the ``index``-th text filter from the
+        next frame on. Safe from any thread: the frame being filtered keeps the old one."""
+        check_text_index(index, len(self._texts))
+        self._texts[index].template = check_text(text, f"new text {text[:40]!r}")
+
+    @property
+    def texts(self) -> list[str]:
+        """What each text filter shows (its template), in the order given."""
+        return [overlay.template for overlay in self._texts]
+
+    def process(self, frame: av.VideoFrame, captured: float | None = None) -> av.VideoFrame:
+        """The filtered picture: same size, yuv420p, the input's pts and time_base.
+
+        ``captured`` (monotonic seconds, default now) is the instant a clock in
+        a text filter shows, as the wall clock had it then.
+        """
         if self._graph is None:
             return frame
         if frame.width != self.width or frame.height != self.height:
@@ -384,6 +548,15 @@ class FilterChain:
         start = self._clock()
         src.pts = self._pts  # the graph's own timeline: overlay syncs on it
         src.time_base = self._time_base
+        if self._text_sources:
+            now = time.monotonic()
+            wall = time.time() - now + (now if captured is None else captured)
+            for text_src, overlay in self._text_sources:
+                # A strip for every frame: overlay would otherwise wait for the next one.
+                strip = overlay.strip_at(wall)
+                strip.pts = self._pts
+                strip.time_base = self._time_base
+                text_src.push(strip)
         self._source.push(src)
         out = self._sink.pull()
         assert isinstance(out, av.VideoFrame)
@@ -427,8 +600,8 @@ class FilterChain:
         return victim.name
 
 
-def _overlay_args(spec: WatermarkSpec) -> str:
-    m = spec.margin
-    x = f"{m}" if spec.corner.endswith("left") else f"W-w-{m}"
-    y = f"{m}" if spec.corner.startswith("top") else f"H-h-{m}"
-    return f"x={x}:y={y}:format=yuv420:eval=init:eof_action=repeat:repeatlast=1"
+def _overlay_at(corner: Corner, margin: int, eof: Literal["repeat", "pass"]) -> str:
+    """``overlay``'s arguments for a picture at ``corner``, ``margin`` pixels in."""
+    x = f"{margin}" if corner.endswith("left") else f"W-w-{margin}"
+    y = f"{margin}" if corner.startswith("top") else f"H-h-{margin}"
+    return f"x={x}:y={y}:format=yuv420:eval=init:eof_action={eof}:repeatlast=1"
