@@ -1,5 +1,5 @@
-"""Cost of the video filters (beauty, watermark, mirror), alone and chained, against the
-frame budget and against the ffmpeg CLI running the same FFmpeg filters.
+"""Cost of the video filters (beauty, watermark, mirror, a clock), alone and chained, against
+the frame budget and against the ffmpeg CLI running the same FFmpeg filters.
 
 1. Per-frame cost in process (``FilterChain.process``: push + pull through the
    graph, ``time.perf_counter``), median and p95 over ``--frames`` frames of the
@@ -14,6 +14,10 @@ frame budget and against the ffmpeg CLI running the same FFmpeg filters.
    the chain alone: the target is judged on that, the stricter ratio.
    Each ffmpeg run is done with its default filter threads and with
    ``-filter_threads 1`` (ours uses one thread).
+3. The clock (``text=%Y-%m-%d %H:%M:%S``, box on, 30 px at 720p; frames a
+   thirtieth of a second apart, so it is drawn again once a second) against
+   the ffmpeg CLI's ``drawtext`` doing the same (same font file, size and
+   box), each less its baseline as in 2.
 
 Targets (reported, not asserted): the whole chain at 720p within 40 % of the
 frame budget; at most 1.2x ffmpeg's CPU for the chain.
@@ -44,8 +48,10 @@ from streamer.encode.filters import (
     FilterChain,
     FilterSpec,
     MirrorSpec,
+    TextSpec,
     WatermarkSpec,
 )
+from streamer.encode.text import FONT_PATHS, TextOverlay
 from streamer.hardware.sim import SimCamera
 
 FPS = 30
@@ -59,6 +65,7 @@ CHAIN_TARGET = 0.40  # of the frame budget, whole chain at 720p
 CPU_TARGET = 1.2  # ours / ffmpeg's
 CLI_FRAMES = 300  # 10 s at 30 fps
 WARMUP = 5
+CLOCK = "%Y-%m-%d %H:%M:%S"
 
 
 @dataclass
@@ -104,6 +111,7 @@ def cases(logo: Path) -> list[tuple[str, list[FilterSpec]]]:
         ("watermark", [mark]),
         ("mirror", [MirrorSpec()]),
         ("chain (all three)", [beauty, MirrorSpec(), mark]),
+        ("clock text", [TextSpec(CLOCK)]),
     ]
 
 
@@ -124,11 +132,12 @@ def per_frame_cost(
     for n in range(WARMUP):
         chain.process(pictures[n % len(pictures)])
     times = []
+    first = time.monotonic()  # capture times a frame apart: a clock changes once a second
     cpu0 = cpu_seconds()
     for n in range(frames):
         frame = pictures[n % len(pictures)]
         start = time.perf_counter()
-        chain.process(frame)
+        chain.process(frame, first + n / FPS)
         times.append((time.perf_counter() - start) * 1000)
     cpu_ms = (cpu_seconds() - cpu0) * 1000 / frames
     median = float(np.median(times))
@@ -151,13 +160,29 @@ def testsrc2_frames(width: int, height: int) -> list[av.VideoFrame]:
         ]
 
 
-def ours_cpu(specs: list[FilterSpec], frames: list[av.VideoFrame]) -> CpuRun:
+def ours_cpu(
+    specs: list[FilterSpec], frames: list[av.VideoFrame], name: str = "ours (in process, 1 thread)"
+) -> CpuRun:
     width, height = frames[0].width, frames[0].height
     chain = FilterChain(specs, width, height, FPS)
+    first = time.monotonic()
     cpu0 = cpu_seconds()
-    for frame in frames:
-        chain.process(frame)
-    return CpuRun("ours (in process, 1 thread)", cpu_seconds() - cpu0, len(frames), [])
+    for n, frame in enumerate(frames):
+        chain.process(frame, first + n / FPS)
+    return CpuRun(name, cpu_seconds() - cpu0, len(frames), [])
+
+
+def ffmpeg_clock_graph(width: int, height: int) -> str:
+    """drawtext as our clock draws: same font and size, white on a 60 % black box."""
+    overlay = TextOverlay(TextSpec(CLOCK), width, height)
+    font = next((str(p) for p in FONT_PATHS if p.exists()), "")
+    text = "%{localtime\\:%Y-%m-%d %H\\\\\\:%M\\\\\\:%S}"
+    return (
+        f"[0:v]format=yuv420p,drawtext=fontfile='{font}':fontsize={overlay.size}:"
+        f"fontcolor=white:box=1:boxcolor=black@0.6:boxborderw={overlay.pad}:"
+        f"x={MARGIN + overlay.pad}:y=h-{MARGIN + overlay.height - overlay.pad}-text_h:"
+        f"text='{text}',format=yuv420p[out]"
+    )
 
 
 def ffmpeg_graph(logo: Path, width: int, height: int, chain: bool) -> str:
@@ -223,9 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
 
         w, h = SIZES[0]
-        chain_specs = cases(logo)[-1][1]
+        chain_specs = next(specs for name, specs in cases(logo) if name.startswith("chain"))
         frames = testsrc2_frames(w, h)
         ours = best([ours_cpu(chain_specs, frames) for _ in range(args.repeat)])
+        clock_ours = best(
+            [ours_cpu([TextSpec(CLOCK)], frames, "ours clock") for _ in range(args.repeat)]
+        )
         del frames
         cli: dict[str, CpuRun] = {}
         if ffmpeg:
@@ -237,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cli[name] = best(
                         [ffmpeg_cpu(ffmpeg, name, graph, w, h, threads) for _ in range(args.repeat)]
                     )
+            name, graph = "ffmpeg drawtext clock, 1 filter thread", ffmpeg_clock_graph(w, h)
+            cli[name] = best([ffmpeg_cpu(ffmpeg, name, graph, w, h, 1) for _ in range(args.repeat)])
 
     chain_720 = next(r for r in rows if r.size == f"{w}x{h}" and r.filters.startswith("chain"))
     chain_ok = chain_720.median_ms <= CHAIN_TARGET * BUDGET_MS
@@ -247,6 +277,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ratios[f"vs ffmpeg whole run, {label}"] = ours.cpu_s / full.cpu_s
             ratios[f"vs ffmpeg chain only, {label}"] = ours.cpu_s / (full.cpu_s - base.cpu_s)
     strict = max((v for k, v in ratios.items() if "chain only" in k), default=float("nan"))
+    clock_cli, base_1 = (
+        cli.get("ffmpeg drawtext clock, 1 filter thread"),
+        cli.get("ffmpeg baseline, 1 filter thread"),
+    )
+    clock_ratio = (
+        clock_ours.cpu_s / (clock_cli.cpu_s - base_1.cpu_s)
+        if clock_cli and base_1 and clock_cli.cpu_s > base_1.cpu_s
+        else float("nan")
+    )
+
     cpu_ok = strict <= CPU_TARGET
 
     if args.json:
@@ -259,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "ffmpeg_version": ffmpeg_version(ffmpeg) if ffmpeg else None,
                     "pyav_ffmpeg": str(av.ffmpeg_version_info),
                     "ratios": ratios,
+                    "clock": {"ours": asdict(clock_ours), "ratio_vs_drawtext": clock_ratio},
                     "load_before": load_before,
                     "chain_target_met": chain_ok,
                     "cpu_target_met": cpu_ok,
@@ -296,6 +337,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {'ffmpeg chain only, ' + label:<40} {full.cpu_s - base.cpu_s:6.2f} s")
     for name, ratio in ratios.items():
         print(f"  ratio ours {name:<36} {ratio:5.2f}x")
+    print()
+    print(f"CPU of the clock ({CLOCK}, box) over the same frames (median of {args.repeat})")
+    print(f"  {clock_ours.name:<40} {clock_ours.cpu_s:6.2f} s  ({clock_ours.frames} frames)")
+    if clock_cli and base_1:
+        print(
+            f"  {'ffmpeg drawtext less its baseline':<40} {clock_cli.cpu_s - base_1.cpu_s:6.2f} s"
+        )
+    print(f"  ratio ours / ffmpeg drawtext (1 filter thread) {clock_ratio:5.2f}x")
     print()
     print(
         f"target: whole chain at 720p <= {CHAIN_TARGET:.0%} of the budget "

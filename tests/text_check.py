@@ -67,5 +67,7 @@ def read(
         for i, (text, cover) in enumerate(covers)
     )
     (best, text, i), (second, _, j) = errors[0], errors[1]
-    differ = np.count_nonzero(np.abs(np.nan_to_num(covers[i][1]) - np.nan_to_num(covers[j][1])) > 0.5)
-    return Reading(text, (second - best) / max(1, differ))
+    differ = np.count_nonzero(
+        np.abs(np.nan_to_num(covers[i][1]) - np.nan_to_num(covers[j][1])) > 0.5
+    )
+    return Reading(text, (second - best) / max(1, int(differ)))

@@ -56,6 +56,8 @@ from streamer.exc import ConfigError
 if TYPE_CHECKING:
     from streamer.encode.text import TextOverlay
 
+STRIP_FORMAT = "yuva420p"  # the text strips' format (streamer.encode.text draws them so)
+
 log = structlog.get_logger("streamer.filters")
 N = TypeVar("N", int, float)
 
@@ -482,7 +484,7 @@ class FilterChain:
                 text_src = graph.add_buffer(
                     width=text.width,
                     height=text.height,
-                    format=av.VideoFormat("rgba"),
+                    format=av.VideoFormat(STRIP_FORMAT),
                     time_base=tb,
                 )
                 node = graph.add("overlay", _overlay_at(text.corner, text.margin, eof="pass"))

@@ -21,12 +21,11 @@ import av
 import numpy as np
 import structlog
 
+from streamer.encode.filters import STRIP_FORMAT, TextSpec
 from streamer.exc import ConfigError
 
 if TYPE_CHECKING:
     from PIL.ImageFont import FreeTypeFont
-
-    from streamer.encode.filters import TextSpec
 
 log = structlog.get_logger("streamer.filters")
 
@@ -95,7 +94,9 @@ class TextOverlay:
         """The RGBA strip showing the text at ``wall``: the last one if the text is the same."""
         text = self.text_at(wall)
         if text != self._shown or self._strip is None:
-            self._strip = av.VideoFrame.from_ndarray(self.draw(text), format="rgba")
+            rgba = av.VideoFrame.from_ndarray(self.draw(text), format="rgba")
+            # Converted once per change, not by the graph on every frame.
+            self._strip = rgba.reformat(format=STRIP_FORMAT)
             self._shown = text
             self.draws += 1
         return self._strip
