@@ -47,8 +47,9 @@ key=$conf_dir/stream.key
 home=/var/lib/streamer
 fragment=$here/boot-config.txt
 marker=$(head -n 1 "$fragment")
-# python3-dev and gcc: pyalsaaudio builds from source where no wheel exists (arm64).
-apt_packages=(python3-venv python3-dev gcc libasound2 libasound2-dev ffmpeg)
+# python3-dev and gcc: pyalsaaudio builds from source where no wheel exists (arm64);
+# fonts-dejavu-core: the text filter's monospaced font (the clock's digits keep their place).
+apt_packages=(python3-venv python3-dev gcc libasound2 libasound2-dev ffmpeg fonts-dejavu-core)
 # From the Raspberry Pi OS archive; the venv sees them through --system-site-packages.
 pi_packages=(python3-picamera2 python3-lgpio)
 groups=(video audio gpio)

@@ -6,9 +6,10 @@ set -euo pipefail
 # nginx + rtmp: the test server; ffmpeg: benchmarks; libasound2-dev: pyalsaaudio builds;
 # systemd (systemd-analyze) + shellcheck: the boot-service files are checked in tests.
 # chromium: the status page is rendered headless in a test; openssl: the rtmps:// test CA;
-# iproute2: a network namespace is the second host the status page is opened from.
+# iproute2: a network namespace is the second host the status page is opened from;
+# fonts-dejavu-core: the text filter's monospaced font.
 packages=(nginx libnginx-mod-rtmp libnginx-mod-stream ffmpeg libasound2-dev systemd shellcheck
-          chromium openssl iproute2 "$@")
+          chromium openssl iproute2 fonts-dejavu-core "$@")
 # node + npm: node-media-server, a second RTMP server for the interop tests (tests/interop;
 # Debian 12's nodejs 18 is new enough). A node from elsewhere (NodeSource) bundles npm and
 # conflicts with Debian's npm package, so these two are needed only when the commands are.
