@@ -437,6 +437,9 @@ class StatusServer:
 
     async def _set_text(self, request: web.Request) -> web.Response:
         """``{"text": "...", "index": 0}``: what text filter ``index`` shows from the next frame."""
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         try:
             body = await request.json()
         except ValueError:
@@ -446,19 +449,24 @@ class StatusServer:
         index = body.get("index", 0)
         if not isinstance(index, int) or isinstance(index, bool):
             return _text(400, "index must be a whole number (the text filter's, from 0)")
-        text: str = body["text"]
-
-        def change() -> None:
+        try:
             if self.on_text is None:
                 raise ConfigError("this device has no text to change")
-            self.on_text(text, index)
-
-        try:
-            return self._control(request, change)
+            self.on_text(body["text"], index)
         except StreamerError as exc:
             return _text(400, exc.message)
+        return web.Response(status=204)
 
     def _control(self, request: web.Request, command: Callable[[], object]) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        command()
+        return web.Response(status=204)
+
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """A 403 for a command that may come from another site or, without a password,
+        from another machine; None when it may be carried out."""
         why = self._cross_site(request)
         if (
             not why
@@ -468,11 +476,10 @@ class StatusServer:
             )
         ):
             why = "only from this machine"
-        if why:
-            log.debug("status command refused", path=request.path, why=why)
-            return _text(403, why)
-        command()
-        return web.Response(status=204)
+        if not why:
+            return None
+        log.debug("status command refused", path=request.path, why=why)
+        return _text(403, why)
 
     def _cross_site(self, request: web.Request) -> str:
         """Why this POST may come from another site ("" when it cannot)."""

@@ -23,11 +23,22 @@ import structlog
 
 from streamer import log as logsetup
 from streamer.device import Device, derived_state
-from streamer.exc import ConnectFailed, DeliveryFailed, DeviceError, PublishRejected
+from streamer.encode.filters import FilterChain, parse_filter
+from streamer.exc import ConfigError, ConnectFailed, DeliveryFailed, DeviceError, PublishRejected
 from streamer.net.bitrate import BitrateController
+from streamer.pipeline import Fanout
 from streamer.settings import Settings
 from streamer.state import ERROR, IDLE, LIVE, PREPARING, RECONNECTING, STATES
-from tests.lifecycle_fakes import FakeClock, FakeServer, Pipelines, Plan, publishers, quick, until
+from tests.lifecycle_fakes import (
+    FakeClock,
+    FakePipeline,
+    FakeServer,
+    Pipelines,
+    Plan,
+    publishers,
+    quick,
+    until,
+)
 
 A, B = "rtmp://a.test/live/KeyA1", "rtmp://b.test/live/KeyB2"
 # Made anew for each use: a raised exception keeps its traceback, and with it the device.
@@ -375,6 +386,38 @@ async def test_a_start_while_a_stop_tears_down_is_not_lost() -> None:
         await until(lambda: len(run.pipelines.made) == 2, "a second pipeline")
         await run.until_state(LIVE)
         assert run.transitions[-2:] == ["idle->preparing", "preparing->live"]
+
+
+class TextPipelines(Pipelines):
+    """Fake capture with the real filter chain the settings ask for."""
+
+    def __call__(self, s: Settings, fanout: Fanout) -> FakePipeline:
+        pipeline = super().__call__(s, fanout)
+        specs = [parse_filter(spec) for spec in s.filters]
+        pipeline.filters = FilterChain(specs, s.width, s.height, s.fps)  # type: ignore[assignment]
+        return pipeline
+
+
+@scenario
+async def test_text_changed_live_shows_at_once_and_outlasts_a_restart() -> None:
+    settings = quick(filters=["text=%H:%M:%S:top-left", "text=Nest 1"], width=320, height=180)
+    async with running(settings, pipelines=TextPipelines()) as run:
+        with pytest.raises(ConfigError, match="no text filter number 2"):
+            run.device.set_text("x", 2)
+        run.device.set_text("Nest 2", 1)  # before the first start: kept for it
+        await run.until_state(LIVE)
+        first = run.pipelines.made[0].filters
+        assert first is not None and first.texts == ["%H:%M:%S", "Nest 2"]
+        run.device.set_text("Nest 3 %H:%M", 1)
+        assert first.texts == ["%H:%M:%S", "Nest 3 %H:%M"]
+        assert run.device.snapshot()["texts"] == ["%H:%M:%S", "Nest 3 %H:%M"]
+        run.device.stop("test")
+        await run.until_state(IDLE)
+        assert run.device.texts() == ["%H:%M:%S", "Nest 3 %H:%M"]
+        run.device.start("test")
+        await until(lambda: len(run.pipelines.made) == 2, "a second pipeline")
+        again = run.pipelines.made[1].filters
+        assert again is not None and again.texts == ["%H:%M:%S", "Nest 3 %H:%M"]
 
 
 @scenario

@@ -65,6 +65,7 @@ SNAPSHOT: dict[str, Any] = {
 class Calls:
     start: int = 0
     stop: int = 0
+    texts: list[str] = field(default_factory=list)
     snapshot: dict[str, Any] = field(default_factory=lambda: dict(SNAPSHOT))
 
     def on_start(self) -> None:
@@ -72,6 +73,11 @@ class Calls:
 
     def on_stop(self) -> None:
         self.stop += 1
+
+    def on_text(self, text: str, index: int) -> None:
+        if index > 0:
+            raise ConfigError(f"no text filter number {index} to change")
+        self.texts.append(text)
 
     def read(self) -> dict[str, Any]:
         return self.snapshot
@@ -172,13 +178,14 @@ def request(
     path: str,
     headers: Mapping[str, str] | None = None,
     host: str | None = None,
+    body: bytes = b"",
 ) -> Reply:
     fields = {"Host": host or f"127.0.0.1:{port}", "Connection": "close", **(headers or {})}
     text = f"{method} {path} HTTP/1.1\r\n"
     text += "".join(f"{k}: {v}\r\n" for k, v in fields.items())
     if method == "POST":
-        text += "Content-Length: 0\r\n"
-    return parse(exchange(port, (text + "\r\n").encode()))
+        text += f"Content-Length: {len(body)}\r\n"
+    return parse(exchange(port, (text + "\r\n").encode() + body))
 
 
 CONTROL = {CONTROL_HEADER: CONTROL_VALUE}
@@ -207,7 +214,9 @@ def calls() -> Calls:
 
 @pytest.fixture
 def server(calls: Calls) -> Iterator[ServerThread]:
-    with ServerThread(calls.read, on_start=calls.on_start, on_stop=calls.on_stop) as running:
+    with ServerThread(
+        calls.read, on_start=calls.on_start, on_stop=calls.on_stop, on_text=calls.on_text
+    ) as running:
         yield running
 
 
@@ -409,6 +418,39 @@ def test_post_stop_calls_on_stop(server: ServerThread, calls: Calls) -> None:
 def test_post_start_calls_on_start(server: ServerThread, calls: Calls) -> None:
     assert request(server.port, "POST", "/start", headers=CONTROL).status == 204
     assert (calls.start, calls.stop) == (1, 0)
+
+
+def test_post_text_changes_the_text(server: ServerThread, calls: Calls) -> None:
+    body = json.dumps({"text": "Nest 2 %H:%M", "index": 0}).encode()
+    assert request(server.port, "POST", "/text", headers=CONTROL, body=body).status == 204
+    assert calls.texts == ["Nest 2 %H:%M"]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"not json", "send JSON"),
+        (b'["a"]', "send JSON"),
+        (b'{"text": 5}', "send JSON"),
+        (b'{"text": "a", "index": "0"}', "index must be a whole number"),
+        (b'{"text": "a", "index": true}', "index must be a whole number"),
+        (b'{"text": "a", "index": 1}', "no text filter number 1"),
+    ],
+)
+def test_post_text_says_what_is_wrong(
+    server: ServerThread, calls: Calls, body: bytes, why: str
+) -> None:
+    reply = request(server.port, "POST", "/text", headers=CONTROL, body=body)
+    assert reply.status == 400 and why in reply.body.decode()
+    assert calls.texts == []
+
+
+def test_post_text_from_another_site_is_refused_before_it_is_read(
+    server: ServerThread, calls: Calls
+) -> None:
+    reply = request(server.port, "POST", "/text", body=b"not json")  # no X-Requested-With
+    assert reply.status == 403
+    assert calls.texts == []
 
 
 def test_same_origin_browser_post_is_accepted(server: ServerThread, calls: Calls) -> None:
