@@ -1,15 +1,16 @@
-"""Video filters applied to camera frames before encoding: beauty, watermark, mirror.
+"""Video filters applied to camera frames before encoding: beauty, watermark, mirror, text.
 
 Every filter runs inside one FFmpeg filter graph (PyAV ``av.filter.Graph``):
 no per-pixel Python. A chain is built once for a picture size and rate::
 
-    buffer (yuv420p WxH, 1/fps) -> [bilateral] -> [hflip] -> [overlay <- logo] -> format -> sink
+    buffer (yuv420p WxH, 1/fps) -> [bilateral] -> [hflip] -> [overlay <- logo]
+                                -> [overlay <- text strip] -> format -> sink
 
 and ``FilterChain.process`` pushes one frame and pulls one frame.
 
 The filters, whatever order they were given in, always run in that order:
 beauty on the camera picture only (never on the logo), then mirror, then the
-watermarks, so a logo is never mirrored nor smoothed.
+watermarks, then the texts, so a logo or a text is never mirrored nor smoothed.
 
 - ``beauty[=STRENGTH]`` (0..1, default 0.5): FFmpeg's ``bilateral`` on the luma
   plane, an edge-preserving blur (its recursive implementation costs the same
@@ -27,6 +28,11 @@ watermarks, so a logo is never mirrored nor smoothed.
   ``colorchannelmixer=aa=X`` scales its alpha, ``overlay`` places it at the
   corner (default bottom-right, margin 16) and blends in yuv420.
 - ``mirror``: ``hflip`` (a selfie view).
+- ``text=TEXT[:CORNER][:size=N][:color=C][:box=1|0][:margin=N]``: one line,
+  strftime %-fields filled from each frame's capture time; drawn by Pillow
+  into a fixed-size strip when the text changes (``text.py``), pushed beside
+  every frame into its own ``buffer`` source and blended by ``overlay``.
+  ``set_text`` changes it from any thread, from the next frame on.
 
 ``adapt()`` watches the cost: when the average over the last ~2 s exceeds
 80 % of the frame budget, the chain is rebuilt without its most expensive
