@@ -1,5 +1,6 @@
-"""Cost of the video filters (beauty, watermark, mirror, a clock), alone and chained, against
-the frame budget and against the ffmpeg CLI running the same FFmpeg filters.
+"""Cost of the video filters (beauty, watermark, mirror, a clock), alone and chained, and of
+each rotation (``--rotate``), against the frame budget and against the ffmpeg CLI running the
+same FFmpeg filters.
 
 1. Per-frame cost in process (``FilterChain.process``: push + pull through the
    graph, ``time.perf_counter``), median and p95 over ``--frames`` frames of the
@@ -18,11 +19,17 @@ the frame budget and against the ffmpeg CLI running the same FFmpeg filters.
    thirtieth of a second apart, so it is drawn again once a second) against
    the ffmpeg CLI's ``drawtext`` doing the same (same font file, size and
    box), each less its baseline as in 2.
+4. The same for each rotation alone (``rotate=90``: ``transpose=clock``, 180:
+   ``vflip,hflip``, 270: ``transpose=cclock``): per-frame rows as in 1, and
+   CPU per frame over 1500 frames (the first 30 of testsrc2, looped), ours
+   against ffmpeg's own (the CLI reads the frames raw with ``-stream_loop``,
+   minus the same run with only ``format=yuv420p``: a rotation costs a tenth
+   of generating testsrc2, which would drown it), and their ratio.
 
 Targets (reported, not asserted): the whole chain at 720p within 40 % of the
 frame budget; at most 1.2x ffmpeg's CPU for the chain.
 
-Usage: ``python bench/filters.py [--frames 100] [--repeat 3] [--json]``
+Usage: ``python bench/filters.py [--frames 100] [--repeat 3] [--rotation-only] [--json]``
 """
 
 from __future__ import annotations
@@ -66,6 +73,11 @@ CPU_TARGET = 1.2  # ours / ffmpeg's
 CLI_FRAMES = 300  # 10 s at 30 fps
 WARMUP = 5
 CLOCK = "%Y-%m-%d %H:%M:%S"
+ROTATIONS = (90, 180, 270)
+ROTATION_FRAMES = 1500  # per CPU run of a rotation (50 s of 30 fps) ...
+ROTATION_DISTINCT = 30  # ... cycling through this many testsrc2 frames
+BASELINE_GRAPH = "[0:v]format=yuv420p[out]"  # ffmpeg generating and converting, no filter
+ROTATION_GRAPH = {90: "transpose=clock", 180: "vflip,hflip", 270: "transpose=cclock"}
 
 
 @dataclass
@@ -121,14 +133,14 @@ def cpu_seconds() -> float:
 
 
 def per_frame_cost(
-    name: str, specs: list[FilterSpec], width: int, height: int, frames: int
+    name: str, specs: list[FilterSpec], width: int, height: int, frames: int, rotate: int = 0
 ) -> CostRow:
     camera = SimCamera(width, height, FPS)
     pictures = [
         av.VideoFrame.from_ndarray(camera.picture(n), format="yuv420p")
         for n in range(camera.GRAIN_FRAMES)
     ]
-    chain = FilterChain(specs, width, height, FPS)
+    chain = FilterChain(specs, width, height, FPS, rotate=rotate)
     for n in range(WARMUP):
         chain.process(pictures[n % len(pictures)])
     times = []
@@ -161,10 +173,13 @@ def testsrc2_frames(width: int, height: int) -> list[av.VideoFrame]:
 
 
 def ours_cpu(
-    specs: list[FilterSpec], frames: list[av.VideoFrame], name: str = "ours (in process, 1 thread)"
+    specs: list[FilterSpec],
+    frames: list[av.VideoFrame],
+    name: str = "ours (in process, 1 thread)",
+    rotate: int = 0,
 ) -> CpuRun:
     width, height = frames[0].width, frames[0].height
-    chain = FilterChain(specs, width, height, FPS)
+    chain = FilterChain(specs, width, height, FPS, rotate=rotate)
     first = time.monotonic()
     cpu0 = cpu_seconds()
     for n, frame in enumerate(frames):
@@ -187,7 +202,7 @@ def ffmpeg_clock_graph(width: int, height: int) -> str:
 
 def ffmpeg_graph(logo: Path, width: int, height: int, chain: bool) -> str:
     if not chain:
-        return "[0:v]format=yuv420p[out]"
+        return BASELINE_GRAPH
     sigma_s, sigma_r = BeautySpec(STRENGTH).sigmas
     logo_arg = str(logo).replace("\\", "\\\\").replace(":", "\\:").replace("'", "\\'")
     return (
@@ -199,12 +214,25 @@ def ffmpeg_graph(logo: Path, width: int, height: int, chain: bool) -> str:
     )
 
 
+def rotation_graph(degrees: int) -> str:
+    return f"[0:v]format=yuv420p,{ROTATION_GRAPH[degrees]},format=yuv420p[out]"
+
+
 def ffmpeg_cpu(
-    ffmpeg: str, name: str, graph: str, width: int, height: int, threads: int | None
+    ffmpeg: str,
+    name: str,
+    graph: str,
+    width: int,
+    height: int,
+    threads: int | None,
+    source: list[str] | None = None,
 ) -> CpuRun:
-    source = f"testsrc2=size={width}x{height}:rate={FPS}:duration={CLI_FRAMES / FPS}"
+    """The ffmpeg CLI's CPU for ``graph`` on ``source`` (input options; default testsrc2)."""
+    if source is None:
+        lavfi = f"testsrc2=size={width}x{height}:rate={FPS}:duration={CLI_FRAMES / FPS}"
+        source = ["-f", "lavfi", "-i", lavfi]
     cmd = [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-nostats"]
-    cmd += ["-f", "lavfi", "-i", source]
+    cmd += source
     if threads is not None:
         cmd += ["-filter_threads", str(threads)]
     cmd += ["-filter_complex", graph, "-map", "[out]", "-progress", "pipe:1", "-f", "null", "-"]
@@ -217,6 +245,99 @@ def ffmpeg_cpu(
         raise SystemExit(f"ffmpeg failed ({proc.returncode}): {' '.join(cmd)}")
     frames = [int(line.split("=", 1)[1]) for line in out.splitlines() if line.startswith("frame=")]
     return CpuRun(name, usage.ru_utime + usage.ru_stime, frames[-1] if frames else 0, cmd)
+
+
+@dataclass
+class RotationCpu:
+    rotate: int
+    ours_ms: float  # CPU per frame, in process, 1 thread
+    ffmpeg_ms: dict[str, float]  # label -> the rotation's own CPU per frame (minus baseline)
+    ratios: dict[str, float]  # label -> ours / ffmpeg's
+
+
+def measure_rotations(
+    ffmpeg: str | None, frames_per_row: int, repeat: int
+) -> tuple[list[CostRow], list[RotationCpu]]:
+    """Each rotation alone: per-frame cost at every size, and CPU against the ffmpeg CLI.
+
+    A rotation costs far less than generating testsrc2 (~3 ms a 720p frame), so for the
+    CPU figures ffmpeg reads raw frames instead, looped (its baseline, reading them, is
+    then small beside the rotation), and ours turns the same frames.
+    """
+    rows = [
+        per_frame_cost(f"rotate={d}", [], w, h, frames_per_row, rotate=d)
+        for w, h in SIZES
+        for d in ROTATIONS
+    ]
+    w, h = SIZES[0]
+    frames = testsrc2_frames(w, h)[:ROTATION_DISTINCT]
+    looped = [frames[n % len(frames)] for n in range(ROTATION_FRAMES)]
+    ours = {d: best([ours_cpu([], looped, rotate=d) for _ in range(repeat)]) for d in ROTATIONS}
+    with tempfile.TemporaryDirectory(prefix="bench-rotate-") as tmp:
+        raw = Path(tmp) / "frames.yuv"
+        with raw.open("wb") as f:
+            for frame in frames:
+                f.write(frame.to_ndarray(format="yuv420p").tobytes())  # packed planes
+        source = ["-stream_loop", str(ROTATION_FRAMES // ROTATION_DISTINCT - 1)]
+        source += ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-video_size", f"{w}x{h}"]
+        source += ["-framerate", str(FPS), "-i", str(raw)]
+        cpu = rotation_cpu(ffmpeg, ours, source, w, h, repeat)
+    return rows, cpu
+
+
+def rotation_cpu(
+    ffmpeg: str | None, ours: dict[int, CpuRun], source: list[str], w: int, h: int, repeat: int
+) -> list[RotationCpu]:
+    labels = {None: "default threads", 1: "1 filter thread"}
+
+    def cli(name: str, graph: str, threads: int | None) -> CpuRun:
+        assert ffmpeg is not None
+        return best([ffmpeg_cpu(ffmpeg, name, graph, w, h, threads, source) for _ in range(repeat)])
+
+    baseline = {label: cli("baseline", BASELINE_GRAPH, t) for t, label in labels.items()}
+    result = []
+    for d in ROTATIONS:
+        ours_ms = 1000 * ours[d].cpu_s / ours[d].frames
+        ffmpeg_ms: dict[str, float] = {}
+        ratios: dict[str, float] = {}
+        for t, label in labels.items() if ffmpeg else ():
+            run = cli(f"ffmpeg rotate={d}, {label}", rotation_graph(d), t)
+            ffmpeg_ms[label] = 1000 * (run.cpu_s - baseline[label].cpu_s) / max(1, run.frames)
+            ratios[label] = ours_ms / ffmpeg_ms[label] if ffmpeg_ms[label] > 0 else float("nan")
+        result.append(RotationCpu(d, round(ours_ms, 3), ffmpeg_ms, ratios))
+    return result
+
+
+def print_rotations(rows: list[CostRow], cpu: list[RotationCpu], repeat: int) -> None:
+    print_rows(rows)
+    w, h = SIZES[0]
+    print()
+    print(
+        f"CPU of each rotation alone over {ROTATION_FRAMES} frames of {w}x{h} (testsrc2's "
+        f"first {ROTATION_DISTINCT}, looped; ffmpeg reads them raw), per frame (median of "
+        f"{repeat}; ffmpeg's minus its baseline, reading them with format=yuv420p)"
+    )
+    print(f"  {'rotate':>6}  {'ours ms':>8}  {'ffmpeg ms, 1 thread':>19} {'ratio':>6}  ", end="")
+    print(f"{'ffmpeg ms, default':>18} {'ratio':>6}")
+    for r in cpu:
+        one, default = "1 filter thread", "default threads"
+        print(
+            f"  {r.rotate:>6}  {r.ours_ms:8.2f}  {r.ffmpeg_ms.get(one, float('nan')):19.2f} "
+            f"{r.ratios.get(one, float('nan')):5.2f}x  "
+            f"{r.ffmpeg_ms.get(default, float('nan')):18.2f} "
+            f"{r.ratios.get(default, float('nan')):5.2f}x"
+        )
+
+
+def print_rows(rows: list[CostRow]) -> None:
+    print(
+        f"{'size':>9}  {'filters':<18} {'median ms':>9} {'p95 ms':>7} {'cpu ms':>7} {'budget':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r.size:>9}  {r.filters:<18} {r.median_ms:9.2f} {r.p95_ms:7.2f} "
+            f"{r.cpu_ms:7.2f} {r.budget_pct:6.1f}%"
+        )
 
 
 def best(runs: list[CpuRun]) -> CpuRun:
@@ -235,10 +356,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=100, help="frames per cost row (100)")
     parser.add_argument("--repeat", type=int, default=3, help="CPU runs each, median (3)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--rotation-only", action="store_true", help="measure the rotations (--rotate) only"
+    )
     args = parser.parse_args(argv)
 
     ffmpeg = shutil.which("ffmpeg")
     load_before = os.getloadavg()
+    load = ", ".join(f"{v:.2f}" for v in load_before)
+    if args.rotation_only:
+        rot_rows, rot_cpu = measure_rotations(ffmpeg, args.frames, args.repeat)
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "rows": [asdict(r) for r in rot_rows],
+                        "rotations": [asdict(r) for r in rot_cpu],
+                        "ffmpeg_version": ffmpeg_version(ffmpeg) if ffmpeg else None,
+                        "pyav_ffmpeg": str(av.ffmpeg_version_info),
+                        "load_before": load_before,
+                    },
+                    indent=2,
+                )
+            )
+            return 0
+        print(f"Per-frame cost, {args.frames} frames, budget {BUDGET_MS:.1f} ms at {FPS} fps")
+        print(f"(load average before the run: {load} on {os.cpu_count()} CPUs)")
+        print_rotations(rot_rows, rot_cpu, args.repeat)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-filters-") as tmp:
         logo = make_logo(Path(tmp) / "logo.png")
         rows = [
@@ -268,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name, graph = "ffmpeg drawtext clock, 1 filter thread", ffmpeg_clock_graph(w, h)
             cli[name] = best([ffmpeg_cpu(ffmpeg, name, graph, w, h, 1) for _ in range(args.repeat)])
 
+    rot_rows, rot_cpu = measure_rotations(ffmpeg, args.frames, args.repeat)
     chain_720 = next(r for r in rows if r.size == f"{w}x{h}" and r.filters.startswith("chain"))
     chain_ok = chain_720.median_ms <= CHAIN_TARGET * BUDGET_MS
     ratios: dict[str, float] = {}
@@ -300,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "pyav_ffmpeg": str(av.ffmpeg_version_info),
                     "ratios": ratios,
                     "clock": {"ours": asdict(clock_ours), "ratio_vs_drawtext": clock_ratio},
+                    "rotations": [asdict(r) for r in rot_cpu],
+                    "rotation_rows": [asdict(r) for r in rot_rows],
                     "load_before": load_before,
                     "chain_target_met": chain_ok,
                     "cpu_target_met": cpu_ok,
@@ -309,18 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
 
-    load = ", ".join(f"{v:.2f}" for v in load_before)
     print(f"Per-frame cost, {args.frames} frames, budget {BUDGET_MS:.1f} ms at {FPS} fps")
     print(f"(load average before the run: {load} on {os.cpu_count()} CPUs; median ms is wall")
     print(" time and grows when other processes compete, cpu ms is this process's own CPU)")
-    print(
-        f"{'size':>9}  {'filters':<18} {'median ms':>9} {'p95 ms':>7} {'cpu ms':>7} {'budget':>7}"
-    )
-    for r in rows:
-        print(
-            f"{r.size:>9}  {r.filters:<18} {r.median_ms:9.2f} {r.p95_ms:7.2f} "
-            f"{r.cpu_ms:7.2f} {r.budget_pct:6.1f}%"
-        )
+    print_rows(rows)
     print()
     print(
         f"CPU of the chain over {CLI_FRAMES} frames of {w}x{h} testsrc2 (median of {args.repeat})"
@@ -356,6 +496,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"target: CPU <= {CPU_TARGET}x ffmpeg's (chain only, the stricter of the two): "
         f"{strict:.2f}x -> {'met' if cpu_ok else 'NOT met'}"
     )
+    print()
+    print("Rotation (--rotate), alone:")
+    print_rotations(rot_rows, rot_cpu, args.repeat)
     return 0
 
 

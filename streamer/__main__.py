@@ -52,6 +52,14 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _degrees(text: str) -> int | str:
+    """``--rotate``: a whole number, or the text as given for the config check to refuse."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _ranged(kind: type[int] | type[float], low: float, high: float, unit: str = ""):  # type: ignore[no-untyped-def]
     def parse(text: str) -> int | float:
         try:
@@ -101,6 +109,13 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="beauty[=0..1] | watermark=FILE.png[:CORNER][:margin=N][:opacity=X] | mirror "
         "(repeatable; replaces [video] filters)",
+    )
+    p.add_argument(
+        "--rotate",
+        type=_degrees,
+        metavar="DEGREES",
+        help="turn the picture clockwise: 0, 90, 180 or 270 (0), for a camera mounted sideways "
+        "or upside down; 90 and 270 stream HEIGHTxWIDTH of --size",
     )
     p.add_argument(
         "--drop-threshold-ms",
@@ -278,6 +293,7 @@ OVERRIDES = {
     "video.bitrate_kbps": "video_bitrate",
     "video.encoder": "encoder",
     "video.filters": "filters",
+    "video.rotate": "rotate",
     "audio.microphone": "microphone",
     "audio.bitrate_kbps": "audio_bitrate",
     "network.drop_threshold_ms": "drop_threshold_ms",
@@ -317,6 +333,7 @@ def settings_from(config: Config, args: argparse.Namespace) -> Settings:
         audio_bitrate_kbps=a.bitrate_kbps,
         encoder=v.encoder,
         filters=v.filters,
+        rotate=v.rotate,
         drop_threshold_ms=n.drop_threshold_ms,
         min_video_bitrate_kbps=n.min_video_bitrate_kbps,
         adaptive_bitrate=n.adaptive_bitrate,

@@ -47,7 +47,7 @@ from streamer import backends
 from streamer import log as logsetup
 from streamer.exc import ConfigError
 from streamer.rtmp.url import RtmpUrl, parse_url
-from streamer.settings import NAME_PATTERN, NAME_RULE, Target, targets
+from streamer.settings import NAME_PATTERN, NAME_RULE, ROTATE_RULE, ROTATIONS, Target, targets
 
 log = structlog.get_logger("streamer.config")
 
@@ -78,6 +78,7 @@ class VideoSection:
     bitrate_kbps: int = 2500
     encoder: str = "auto"
     filters: tuple[str, ...] = ()  # e.g. ("beauty=0.6", "watermark=logo.png:bottom-right")
+    rotate: int = 0  # degrees clockwise; size stays the camera's (90/270 stream it turned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +244,16 @@ def _size(value: Any) -> tuple[int, int]:
     return width, height
 
 
+def _rotation(value: Any) -> int:
+    """Degrees clockwise: 0, 90, 180 or 270 (the flag hands over its text when not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"must be {ROTATE_RULE}, got {_show(value)}")
+    if value not in ROTATIONS:
+        same = f"; {value} turns it as {value % 360} does" if value % 90 == 0 else ""
+        raise _Invalid(f"= {value} is not {ROTATE_RULE}{same}")
+    return value
+
+
 def _backend(backends_: Sequence[backends.Backend[Any]]) -> Check:
     """A camera, microphone or encoder name from ``streamer.backends``, refused here
     if it cannot exist, before the boot service tries to open it."""
@@ -348,6 +359,7 @@ SCHEMA: Mapping[str, tuple[type[Any], Mapping[str, Check]]] = {
             "bitrate_kbps": _integer(50, 50000),
             "encoder": _backend(backends.ENCODERS),
             "filters": _filters,
+            "rotate": _rotation,
         },
     ),
     "audio": (

@@ -275,7 +275,7 @@ class Device:
             "reason": redact(self.state.reason),
             "since": datetime.fromtimestamp(self.state.since_wall).astimezone().isoformat(),
             "uptime_s": round(self._clock() - self.started, 1),
-            "resolution": f"{self.s.width}x{self.s.height}",
+            "resolution": "x".join(map(str, self.s.streamed_size)),  # what viewers get
             "url": self.s.url.redacted,
             **self.numbers(),
             "texts": self.texts(),

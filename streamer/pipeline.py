@@ -201,6 +201,10 @@ class Pipeline:
     (opened in ``start``, closed in ``stop``; an app's ``EncodedVideoSource``
     takes the hardware-encoded path, as picamera2's does). ``preview`` sees every filtered
     frame and video packet (the status page's picture).
+
+    ``Settings.rotate``: 180 on a picamera2 camera is the camera's own transform (either
+    path, no filter graph); every other rotation is the first filter of ``filters`` (on
+    picamera2 it takes the raw-frame path), and the encoder is opened at the turned size.
     """
 
     def __init__(self, s: Settings, fanout: Fanout) -> None:
@@ -212,13 +216,17 @@ class Pipeline:
         self.video: H264Encoder | CameraEncoder
         name, arg = split_spec(s.camera) if isinstance(s.camera, str) else ("", None)
         self.filters: FilterChain | None = None
-        if s.filters:
+        # A picamera2 camera turns its picture by 180 itself (libcamera's transform: the
+        # sensor reads out flipped, no CPU); any other rotation is a filter, first in the graph.
+        camera_turns = name == "picamera2" and s.rotate == 180
+        graph_rotate = 0 if camera_turns else s.rotate
+        if s.filters or graph_rotate:
             # Filters need raw frames: on picamera2 they force the raw-frame path.
             from streamer.encode.filters import FilterChain, parse_filter  # only when asked
 
             specs = [parse_filter(spec) for spec in s.filters]
-            self.filters = FilterChain(specs, s.width, s.height, s.fps)
-        hardware_path = s.encoder != "libx264" and not s.filters
+            self.filters = FilterChain(specs, s.width, s.height, s.fps, rotate=graph_rotate)
+        hardware_path = s.encoder != "libx264" and self.filters is None
         if is_encoded_camera(s.camera):
             # The app's own camera that encodes itself (Settings refused filters with it).
             self.encoded = s.camera
@@ -228,18 +236,28 @@ class Pipeline:
             from streamer.hardware.picam import PicameraEncoded
 
             source = PicameraEncoded(
-                s.width, s.height, s.fps, s.video_bitrate_kbps, camera_number(arg)
+                s.width,
+                s.height,
+                s.fps,
+                s.video_bitrate_kbps,
+                camera_number(arg),
+                rotate=180 if camera_turns else 0,
             )
             self.encoded = source
             self.video = CameraEncoder(source, self.clock, self._video_out, s.video_bitrate_kbps)
         else:
-            self.camera = (
-                make_camera(s.camera, s.width, s.height, s.fps)
-                if isinstance(s.camera, str)
-                else cast(VideoSource, s.camera)  # Settings checked open(), read(), close()
-            )
+            if camera_turns:
+                from streamer.hardware.picam import PicameraRaw
+
+                self.camera = PicameraRaw(s.width, s.height, s.fps, camera_number(arg), rotate=180)
+            elif isinstance(s.camera, str):
+                self.camera = make_camera(s.camera, s.width, s.height, s.fps)
+            else:
+                # Settings checked open(), read(), close()
+                self.camera = cast(VideoSource, s.camera)
             encoder = s.encoder if name != "picamera2" else "libx264"
-            self.video = open_h264(encoder, s.width, s.height, s.fps, s.video_bitrate_kbps)
+            width, height = s.streamed_size  # a quarter turn in the filters swaps them
+            self.video = open_h264(encoder, width, height, s.fps, s.video_bitrate_kbps)
         mic = make_microphone(s.microphone) if isinstance(s.microphone, str) else s.microphone
         self.microphone: AudioSource | None = mic
         self.audio = (

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}")
 NAME_RULE = 'must be 1 to 40 letters, digits, ".", "_" or "-", starting with a letter or digit'
 
+# How far the picture is turned before it is streamed, in degrees clockwise.
+ROTATIONS = (0, 90, 180, 270)
+ROTATE_RULE = "one of 0, 90, 180, 270 (degrees clockwise)"
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -83,6 +87,13 @@ class Settings:
     ``encoder`` does not apply and ``filters`` are refused. ``encoder``: a
     name from ``streamer.backends.ENCODERS``. Names are checked (and
     lower-cased) here.
+
+    ``width`` x ``height`` is the size the camera captures; ``rotate`` (0, 90,
+    180 or 270 degrees clockwise) turns the picture before anything else,
+    so with 90 or 270 the stream is ``height`` x ``width``
+    (``streamed_size``). A picamera2 camera turns it by 180 itself, at no CPU
+    cost; every other case is an FFmpeg filter (``streamer.encode.filters``).
+    Like ``filters``, it is refused with an ``EncodedVideoSource`` of the app's.
     """
 
     urls: Sequence[str | RtmpUrl | Target] = ()
@@ -106,6 +117,7 @@ class Settings:
     adaptive_bitrate: bool = True
     encoder: str = "auto"
     filters: tuple[str, ...] = ()
+    rotate: int = 0  # degrees clockwise: 0, 90, 180 or 270
     insecure: bool = False  # rtmps:// without certificate verification, only when asked
     record_dir: str | None = None  # local recording while live (segments of record_minutes)
     record_minutes: float = 5.0
@@ -123,6 +135,13 @@ class Settings:
                 "filters need raw frames; a camera that encodes itself (EncodedVideoSource) "
                 "gives none"
             )
+        if isinstance(self.rotate, bool) or self.rotate not in ROTATIONS:
+            raise ConfigError(f"rotate must be {ROTATE_RULE}, got {self.rotate!r}")
+        if self.rotate and is_encoded_camera(self.camera):
+            raise ConfigError(
+                "rotate needs raw frames; a camera that encodes itself (EncodedVideoSource) "
+                "gives none"
+            )
         found = targets(self.urls)
         if not found:
             raise ConfigError("no stream URL: give at least one rtmp://host/app/key")
@@ -133,6 +152,13 @@ class Settings:
     def url(self) -> RtmpUrl:
         """The first destination's URL."""
         return self.destinations[0].url
+
+    @property
+    def streamed_size(self) -> tuple[int, int]:
+        """(width, height) of the streamed picture: the camera's, swapped by a quarter turn."""
+        if self.rotate in (90, 270):
+            return self.height, self.width
+        return self.width, self.height
 
 
 SOURCE_METHODS = ("open", "read", "close")

@@ -1,16 +1,25 @@
-"""Video filters applied to camera frames before encoding: beauty, watermark, mirror, text.
+"""Video filters applied to camera frames before encoding: rotation, beauty, watermark,
+mirror, text.
 
 Every filter runs inside one FFmpeg filter graph (PyAV ``av.filter.Graph``):
 no per-pixel Python. A chain is built once for a picture size and rate::
 
-    buffer (yuv420p WxH, 1/fps) -> [bilateral] -> [hflip] -> [overlay <- logo]
-                                -> [overlay <- text strip] -> format -> sink
+    buffer (yuv420p WxH, 1/fps) -> [rotation] -> [bilateral] -> [hflip] -> [overlay <- logo]
+        -> [overlay <- text strip] -> format -> sink
 
 and ``FilterChain.process`` pushes one frame and pulls one frame.
 
 The filters, whatever order they were given in, always run in that order:
-beauty on the camera picture only (never on the logo), then mirror, then the
-watermarks, then the texts, so a logo or a text is never mirrored nor smoothed.
+the rotation first, so every later filter sees the picture upright as it is
+streamed; beauty on the camera picture only (never on the logo), then mirror,
+then the watermarks, then the texts, so a logo or a text is never mirrored nor
+smoothed, and it sits at its named corner of the streamed picture.
+
+- rotation (``FilterChain(..., rotate=DEGREES)``, clockwise; ``--rotate``): 90
+  is ``transpose=clock``, 270 ``transpose=cclock``, 180 ``vflip`` then
+  ``hflip``. 90 and 270 swap width and height: the chain takes the camera's
+  ``in_width x in_height`` and gives ``width x height``, the size the encoder
+  is opened at. Exact (pixels are moved, never interpolated).
 
 - ``beauty[=STRENGTH]`` (0..1, default 0.5): FFmpeg's ``bilateral`` on the luma
   plane, an edge-preserving blur (its recursive implementation costs the same
@@ -36,7 +45,9 @@ watermarks, then the texts, so a logo or a text is never mirrored nor smoothed.
 
 ``adapt()`` watches the cost: when the average over the last ~2 s exceeds
 80 % of the frame budget, the chain is rebuilt without its most expensive
-filter (beauty first), one drop per call, logged once per drop.
+filter (beauty first), one drop per call, logged once per drop. The rotation
+counts in the cost but is never dropped: without it the picture would change
+size mid-stream (90, 270) or turn upside down.
 """
 
 from __future__ import annotations
@@ -78,6 +89,14 @@ ADAPT_FRACTION = 0.8  # of the frame budget (1000/fps ms)
 
 MIN_TEXT_SIZE, MAX_TEXT_SIZE = 8, 200  # font size in pixels
 MAX_TEXT_CHARS = 200
+# Degrees clockwise -> the FFmpeg filters that turn the picture so, in graph order.
+# For 180, vflip first: it only points at the rows backwards; hflip then writes them out.
+ROTATION_FILTERS: dict[int, tuple[tuple[str, str | None], ...]] = {
+    0: (),
+    90: (("transpose", "dir=clock"),),
+    180: (("vflip", None), ("hflip", None)),
+    270: (("transpose", "dir=cclock"),),
+}
 
 ALLOWED = (
     "allowed filters: beauty[=STRENGTH] (0..1, default 0.5), "
@@ -387,8 +406,14 @@ class _Stage:
 class FilterChain:
     """One FFmpeg filter graph for a list of filters; one frame in, one frame out.
 
-    ``names`` lists the filters running now (in graph order); ``cost_ms`` is
-    the average wall time of ``process`` over the last ~2 s of frames.
+    ``names`` lists the filters running now (in graph order, the rotation as
+    ``rotate=DEGREES``); ``cost_ms`` is the average wall time of ``process``
+    over the last ~2 s of frames, the rotation's included.
+
+    ``width`` and ``height`` are given as the camera's size; with ``rotate``
+    90 or 270 they are swapped after the chain: ``in_width x in_height`` is
+    what ``process`` takes, ``width x height`` what it gives (and what every
+    filter after the rotation sees).
     """
 
     def __init__(
@@ -398,6 +423,7 @@ class FilterChain:
         height: int,
         fps: float,
         *,
+        rotate: int = 0,
         threads: int = 1,
         window_s: float = ADAPT_WINDOW_S,
         clock: Callable[[], float] = time.perf_counter,
@@ -406,6 +432,15 @@ class FilterChain:
             raise ConfigError(f"filters need an even picture size, got {width}x{height}")
         if not fps > 0:
             raise ConfigError(f"filters need a frame rate above 0, got {fps}")
+        if rotate not in ROTATION_FILTERS:
+            raise ConfigError(
+                f"rotate must be one of {', '.join(map(str, ROTATION_FILTERS))} "
+                f"(degrees clockwise), got {rotate!r}"
+            )
+        self.rotate = rotate
+        self.in_width, self.in_height = width, height
+        if rotate in (90, 270):
+            width, height = height, width
         self.width, self.height, self.fps = width, height, fps
         self.threads = threads  # FFmpeg slice threads; 1 costs the least CPU in total
         self._clock = clock
@@ -445,7 +480,8 @@ class FilterChain:
 
     @property
     def names(self) -> list[str]:
-        return [stage.name for stage in self._stages]
+        turn = [f"rotate={self.rotate}"] if self.rotate else []
+        return turn + [stage.name for stage in self._stages]
 
     @property
     def specs(self) -> list[FilterSpec]:
@@ -460,20 +496,20 @@ class FilterChain:
         self._window.clear()
         self._sum = 0.0
         self._pts = 0
-        if not self._stages:
+        if not self._stages and not self.rotate:
             self._graph: av.filter.Graph | None = None
             return
         graph = av.filter.Graph()
         graph.threads = self.threads
         tb = self._time_base
         self._source = graph.add_buffer(
-            width=self.width,
-            height=self.height,
+            width=self.in_width,
+            height=self.in_height,
             format=av.VideoFormat("yuv420p"),
             time_base=tb,
             name="in",
         )
-        last = self._source
+        last = _add_rotation(graph, self._source, self.rotate)
         logos: list[tuple[av.filter.context.FilterContext, av.VideoFrame]] = []
         self._text_sources: list[tuple[av.filter.context.FilterContext, TextOverlay]] = []
         for stage in self._stages:
@@ -539,16 +575,17 @@ class FilterChain:
         return [overlay.template for overlay in self._texts]
 
     def process(self, frame: av.VideoFrame, captured: float | None = None) -> av.VideoFrame:
-        """The filtered picture: same size, yuv420p, the input's pts and time_base.
+        """The filtered picture: ``width x height`` (turned by ``rotate``), yuv420p, the
+        input's pts and time_base.
 
         ``captured`` (monotonic seconds, default now) is the instant a clock in
         a text filter shows, as the wall clock had it then.
         """
         if self._graph is None:
             return frame
-        if frame.width != self.width or frame.height != self.height:
+        if frame.width != self.in_width or frame.height != self.in_height:
             raise ValueError(
-                f"filter chain built for {self.width}x{self.height}, "
+                f"filter chain built for {self.in_width}x{self.in_height}, "
                 f"got a {frame.width}x{frame.height} frame"
             )
         src = frame if frame.format.name == "yuv420p" else frame.reformat(format="yuv420p")
@@ -588,7 +625,9 @@ class FilterChain:
 
         Beauty goes first, then the costliest remaining filter; after a drop
         the window starts over, so the next drop needs another ~2 s over
-        budget. Returns the dropped filter's name, or None.
+        budget. Returns the dropped filter's name, or None. The rotation is
+        never dropped (it is no stage): the picture would change size
+        mid-stream or turn upside down; its cost still counts in the average.
         """
         if not self._stages or len(self._window) < (self._window.maxlen or 0):
             return None
@@ -613,3 +652,15 @@ def _overlay_at(corner: Corner, margin: int, eof: Literal["repeat", "pass"]) -> 
     x = f"{margin}" if corner.endswith("left") else f"W-w-{margin}"
     y = f"{margin}" if corner.startswith("top") else f"H-h-{margin}"
     return f"x={x}:y={y}:format=yuv420:eval=init:eof_action={eof}:repeatlast=1"
+
+
+def _add_rotation(
+    graph: av.filter.Graph, last: av.filter.context.FilterContext, degrees: int
+) -> av.filter.context.FilterContext:
+    """The rotation's filters linked after ``last`` (the source: rotation runs first)."""
+    for name, args in ROTATION_FILTERS[degrees]:
+        node = graph.add(name, args) if args else graph.add(name)
+        last.link_to(node)
+        last = node
+    return last
+

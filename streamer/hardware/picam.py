@@ -36,6 +36,17 @@ What picamera2 (raspberrypi/picamera2 v0.3.36) does, as read in its source:
   camera thread set ``V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME`` before the next
   frame; with ``repeat=True`` (``V4L2_CID_MPEG_VIDEO_REPEAT_SEQ_HEADER``)
   every keyframe carries SPS/PPS.
+* Rotation: ``create_video_configuration(transform=libcamera.Transform(...))``
+  (picamera2/picamera2.py; its examples/rotation.py turns by 180 with
+  ``Transform(hflip=1, vflip=1)``). ``configure`` hands it to libcamera as the
+  configuration's orientation (``utils.transform_to_orientation``) and reads
+  back what libcamera settled on into ``camera_configuration()["transform"]``
+  (``orientation_to_transform``): the sensor reads out flipped, so the
+  picture arrives turned, for the hardware encoder too, at no CPU cost.
+  libcamera cannot transpose (a quarter turn): it drops the transpose from
+  the orientation, and a sensor without flips keeps its mounting
+  orientation. So only 180 is asked of the camera, and what it settled on
+  is checked.
 * On a Pi 5 (``get_platform() != Platform.VC4``), ``picamera2.encoders.H264Encoder``
   is ``LibavH264Encoder``: libx264 inside picamera2, run in the camera
   thread, bitrate fixed at start. ``PicameraEncoded`` refuses it: on a Pi 5
@@ -53,7 +64,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from streamer.exc import DeviceError
+from streamer.exc import ConfigError, DeviceError
 from streamer.hardware.base import EncodedSink
 from streamer.hardware.sim import plane_view
 
@@ -61,6 +72,7 @@ log = structlog.get_logger("streamer.hardware")
 
 ENCODER_NAME = "picamera2 H264Encoder (V4L2)"
 READ_TIMEOUT = 2.0  # seconds PicameraRaw.read waits for a frame before it gives up
+CAMERA_ROTATIONS = (0, 180)  # what libcamera can turn (a flip each way); 90 and 270 transpose
 
 INSTALL_HINT = (
     "on Raspberry Pi OS install it with `sudo apt install python3-picamera2` "
@@ -123,21 +135,54 @@ def _open_camera(pc2: Any, camera_num: int) -> Any:
         ) from exc
 
 
+def _check_rotate(rotate: int) -> int:
+    if rotate not in CAMERA_ROTATIONS:
+        raise ConfigError(
+            f"a picamera2 camera turns its picture by 0 or 180 degrees, not {rotate!r}; "
+            "90 and 270 are done by the filters (streamer.encode.filters)"
+        )
+    return rotate
+
+
+def _transform(rotate: int) -> dict[str, Any]:
+    """``create_video_configuration``'s ``transform=`` for ``rotate`` (none for 0)."""
+    if rotate == 0:
+        return {}
+    try:
+        from libcamera import Transform  # picamera2 needs libcamera, so it is there
+    except ImportError as exc:
+        raise DeviceError(f"libcamera is not importable ({exc}): {INSTALL_HINT}") from exc
+    return {"transform": Transform(hflip=1, vflip=1)}  # 180 degrees, as examples/rotation.py
+
+
 def _configure(
-    picam2: Any, camera_num: int, width: int, height: int, fps: float
+    picam2: Any, camera_num: int, width: int, height: int, fps: float, rotate: int = 0
 ) -> tuple[int, int]:
-    """Configure a YUV420 main stream at ``fps``; return the size the camera settled on."""
+    """Configure a YUV420 main stream at ``fps``, turned by ``rotate`` (0 or 180) by the
+    camera itself; return the size the camera settled on."""
+    extra = _transform(rotate)
     try:
         config = picam2.create_video_configuration(
-            main={"size": (width, height), "format": "YUV420"}, controls={"FrameRate": fps}
+            main={"size": (width, height), "format": "YUV420"},
+            controls={"FrameRate": fps},
+            **extra,
         )
         picam2.configure(config)
-        w, h = picam2.camera_configuration()["main"]["size"]
+        settled = picam2.camera_configuration()
+        w, h = settled["main"]["size"]
     except Exception as exc:
         raise DeviceError(
             f"camera {camera_num} cannot deliver {width}x{height} YUV420 at {fps:g} fps: "
             f"{_reason(exc)}"
         ) from exc
+    if extra:
+        got = settled.get("transform")
+        if not (getattr(got, "hflip", False) and getattr(got, "vflip", False)):
+            raise DeviceError(
+                f"camera {camera_num} cannot turn its picture by 180 degrees (libcamera "
+                f"settled on {got}: the sensor cannot flip); turn the camera module the "
+                "other way up and set rotate to 0"
+            )
     if (w, h) != (width, height):
         log.warning(
             "camera size adjusted", camera=camera_num, asked=f"{width}x{height}", got=f"{w}x{h}"
@@ -246,11 +291,19 @@ class PicameraEncoded:
     encoder_name = ENCODER_NAME
 
     def __init__(
-        self, width: int, height: int, fps: float, bitrate_kbps: int, camera_num: int = 0
+        self,
+        width: int,
+        height: int,
+        fps: float,
+        bitrate_kbps: int,
+        camera_num: int = 0,
+        *,
+        rotate: int = 0,
     ) -> None:
         self.width, self.height, self.fps = width, height, fps
         self.bitrate_kbps = bitrate_kbps
         self.camera_num = camera_num
+        self.rotate = _check_rotate(rotate)  # 180: the sensor reads out flipped
         self._lock = threading.Lock()  # start/stop/set_bitrate; never taken per frame
         self._picam2: Any = None
         self._encoder: Any = None
@@ -281,7 +334,7 @@ class PicameraEncoded:
             encoder = None
             try:
                 self.width, self.height = _configure(
-                    picam2, self.camera_num, self.width, self.height, self.fps
+                    picam2, self.camera_num, self.width, self.height, self.fps, self.rotate
                 )
                 encoder = H264Encoder(
                     bitrate=self.bitrate_kbps * 1000,
@@ -308,6 +361,7 @@ class PicameraEncoded:
             fps=self.fps,
             bitrate_kbps=self.bitrate_kbps,
             encoder=self.encoder_name,
+            rotate=self.rotate,
         )
 
     def set_bitrate(self, kbps: int) -> None:
@@ -366,11 +420,17 @@ class PicameraEncoded:
 
 
 class PicameraRaw:
-    """A Pi camera delivering raw yuv420p frames (VideoSource), for our own encoder."""
+    """A Pi camera delivering raw yuv420p frames (VideoSource), for our own encoder.
 
-    def __init__(self, width: int, height: int, fps: float, camera_num: int = 0) -> None:
+    ``rotate=180``: the camera turns the picture itself (libcamera transform).
+    """
+
+    def __init__(
+        self, width: int, height: int, fps: float, camera_num: int = 0, *, rotate: int = 0
+    ) -> None:
         self.width, self.height, self.fps = width, height, fps
         self.camera_num = camera_num
+        self.rotate = _check_rotate(rotate)
         self._picam2: Any = None
 
     def open(self) -> None:
@@ -380,7 +440,7 @@ class PicameraRaw:
         picam2 = _open_camera(pc2, self.camera_num)
         try:
             self.width, self.height = _configure(
-                picam2, self.camera_num, self.width, self.height, self.fps
+                picam2, self.camera_num, self.width, self.height, self.fps, self.rotate
             )
             picam2.start()
         except DeviceError:
@@ -398,6 +458,7 @@ class PicameraRaw:
             size=f"{self.width}x{self.height}",
             fps=self.fps,
             encoder="raw",
+            rotate=self.rotate,
         )
 
     def read(self) -> tuple[av.VideoFrame, float]:

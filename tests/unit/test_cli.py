@@ -124,3 +124,37 @@ def test_a_bad_destination_in_the_file_is_one_line_and_exit_2(
         f"streamer: error: config {config}: destination[1].key_file {tmp_path / 'gone.key'} "
         "does not exist\n"
     )
+
+
+def test_rotate_comes_from_the_file_and_the_flag_overrides_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[video]\nsize = "320x180"\nrotate = 180\n')
+    from_file = settings_for(config=config)
+    assert from_file.rotate == 180 and from_file.streamed_size == (320, 180)
+    flag = settings_for("--rotate", "90", config=config)
+    assert flag.rotate == 90
+    assert (flag.width, flag.height) == (320, 180)  # --size stays the camera's
+    assert flag.streamed_size == (180, 320)
+    assert Device(flag).snapshot()["resolution"] == "180x320"  # what viewers get
+    assert settings_for().rotate == 0
+    demo = build_parser().parse_args(["demo", "--rotate", "270"])
+    assert config_from(demo, Config()).video.rotate == 270
+
+
+@pytest.mark.parametrize("value", ["45", "-90", "90.0", "left", ""])
+def test_a_bad_rotate_flag_is_one_line_naming_the_allowed_values_and_exit_2(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--url", URL, "--camera", "sim", "--rotate", value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamer: error: command line: video.rotate ")
+    assert "one of 0, 90, 180, 270 (degrees clockwise)" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_settings_refuse_a_bad_rotation_from_python() -> None:
+    from streamer.exc import ConfigError
+
+    for bad in (45, -90, True, "90"):
+        with pytest.raises(ConfigError, match=r"rotate must be one of 0, 90, 180, 270"):
+            Settings(urls=[URL], rotate=bad)  # type: ignore[arg-type]

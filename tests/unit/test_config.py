@@ -184,6 +184,10 @@ def test_default_path_is_used_when_present(tmp_path: Path, monkeypatch: pytest.M
         ("video", "fps", "1", 1.0),
         ("video", "fps", "29.97", 29.97),
         ("video", "size", '"16X4096"', (16, 4096)),
+        ("video", "rotate", "0", 0),
+        ("video", "rotate", "90", 90),
+        ("video", "rotate", "180", 180),
+        ("video", "rotate", "270", 270),
         ("audio", "microphone", '"alsa"', "alsa"),
         ("audio", "microphone", '"sim:sync"', "sim:sync"),
         ("audio", "microphone", '"alsa:plughw:CARD=Device,DEV=0"', "alsa:plughw:CARD=Device,DEV=0"),
@@ -222,6 +226,27 @@ def test_accepted_values(
         ('[video]\nfps = "thirty"\n', 'video.fps must be a number, got "thirty"'),
         ("[video]\nfps = true\n", "video.fps must be a number, got true"),
         ("[video]\nbitrate_kbps = 2500.5\n", "video.bitrate_kbps must be an integer, got 2500.5"),
+        (
+            "[video]\nrotate = 45\n",
+            "video.rotate = 45 is not one of 0, 90, 180, 270 (degrees clockwise)",
+        ),
+        (
+            "[video]\nrotate = -90\n",
+            "video.rotate = -90 is not one of 0, 90, 180, 270 (degrees clockwise); "
+            "-90 turns it as 270 does",
+        ),
+        (
+            '[video]\nrotate = "90"\n',
+            'video.rotate must be one of 0, 90, 180, 270 (degrees clockwise), got "90"',
+        ),
+        (
+            "[video]\nrotate = 90.0\n",
+            "video.rotate must be one of 0, 90, 180, 270 (degrees clockwise), got 90.0",
+        ),
+        (
+            "[video]\nrotate = true\n",
+            "video.rotate must be one of 0, 90, 180, 270 (degrees clockwise), got true",
+        ),
         ("[video]\nbitrate_kbps = true\n", "video.bitrate_kbps must be an integer, got true"),
         ("[video]\nbitrate_kbps = 10\n", "video.bitrate_kbps = 10 is out of range 50..50000"),
         ("[audio]\nbitrate_kbps = 600\n", "audio.bitrate_kbps = 600 is out of range 16..512"),
@@ -324,11 +349,12 @@ def test_accepted_values(
         (
             "[video]\nframerate = 30\n",
             "unknown key video.framerate "
-            "(known: bitrate_kbps, camera, encoder, filters, fps, size)",
+            "(known: bitrate_kbps, camera, encoder, filters, fps, rotate, size)",
         ),
         (
             "[video.extra]\nx = 1\n",
-            "unknown key video.extra (known: bitrate_kbps, camera, encoder, filters, fps, size)",
+            "unknown key video.extra "
+            "(known: bitrate_kbps, camera, encoder, filters, fps, rotate, size)",
         ),
         (
             "[foo]\nbar = 1\n",
@@ -598,6 +624,11 @@ def test_command_line_url_replaces_the_file_key(tmp_path: Path) -> None:
         ({"video.bitrate_kbps": 10}, "video.bitrate_kbps = 10 is out of range 50..50000"),
         ({"video.encoder": "nvenc"}, 'video.encoder = "nvenc" is not one of'),
         ({"video.camera": "webcam"}, 'video.camera = "webcam" is not one of'),
+        ({"video.rotate": 100}, "video.rotate = 100 is not one of 0, 90, 180, 270"),
+        (
+            {"video.rotate": "left"},
+            'video.rotate must be one of 0, 90, 180, 270 (degrees clockwise), got "left"',
+        ),
         ({"audio.microphone": "pulse"}, 'audio.microphone = "pulse" is not one of'),
         ({"network.max_reconnects": True}, "network.max_reconnects must be an integer, got true"),
         ({"network.adaptive_bitrate": 1}, "network.adaptive_bitrate must be true or false, got 1"),

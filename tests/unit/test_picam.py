@@ -17,9 +17,11 @@ import av.logging
 import numpy as np
 import pytest
 
-from streamer.exc import DeviceError
+from streamer.exc import ConfigError, DeviceError
 from streamer.hardware import picam
 from streamer.hardware.sim import SimCamera, plane_view
+from streamer.pipeline import Fanout, Pipeline
+from streamer.settings import Settings
 from tests.media_check import ffmpeg_log, read_counter
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
@@ -27,7 +29,8 @@ W, H, FPS = 328, 184, 30  # 328 is not a multiple of 64: the fake's buffers carr
 
 
 def _forget_picamera2() -> None:
-    for name in [m for m in sys.modules if m == "picamera2" or m.startswith("picamera2.")]:
+    """Unimport the fakes (picamera2 and the libcamera it imports)."""
+    for name in [m for m in sys.modules if m.split(".")[0] in ("picamera2", "libcamera")]:
         del sys.modules[name]
 
 
@@ -322,3 +325,146 @@ def test_picamera2_missing(monkeypatch: pytest.MonkeyPatch) -> None:
             open_it()
         assert "sudo apt install python3-picamera2" in err.value.message
         assert "--system-site-packages" in err.value.message
+
+
+# --- rotate: 180 by the camera itself (libcamera transform), the rest by the filters ----
+
+
+def planes_of(frame: av.VideoFrame) -> list[np.ndarray]:  # type: ignore[type-arg]
+    return [np.array(plane_view(p)) for p in frame.planes]
+
+
+def reference_planes(n: int) -> list[np.ndarray]:  # type: ignore[type-arg]
+    flat = SimCamera(W, H, FPS).picture(n).reshape(-1)
+    q = W * H // 4
+    return [
+        flat[: W * H].reshape(H, W),
+        flat[W * H : W * H + q].reshape(H // 2, W // 2),
+        flat[W * H + q :].reshape(H // 2, W // 2),
+    ]
+
+
+def test_raw_180_is_the_picture_turned_by_the_camera(fake: ModuleType) -> None:
+    cam = picam.PicameraRaw(W, H, FPS, rotate=180)
+    cam.open()
+    try:
+        frames = [cam.read()[0] for _ in range(3)]
+    finally:
+        cam.close()
+    for frame in frames:
+        assert (frame.width, frame.height) == (W, H)
+        got = planes_of(frame)
+        assert read_counter(got[0], H) is None  # upside down: not where it was
+        n = read_counter(np.rot90(got[0], 2), H)
+        assert n is not None
+        for plane, ref in zip(got, reference_planes(n), strict=True):
+            assert np.array_equal(plane, np.rot90(ref, 2))  # exactly the sim picture, turned
+
+
+def test_encoded_180_sends_the_picture_turned(fake: ModuleType) -> None:
+    got = Received()
+    cam = picam.PicameraEncoded(W, H, FPS, 2000, rotate=180)
+    cam.start(got.sink)
+    try:
+        frames = got.wait_for(8)
+    finally:
+        cam.stop()
+    codec = av.CodecContext.create("h264", "r")
+    decoded = [f for data, *_ in frames for f in codec.decode(av.Packet(data))]
+    decoded += codec.decode(None)
+    assert decoded and (decoded[0].width, decoded[0].height) == (W, H)
+    counters = []
+    for frame in decoded:
+        y = planes_of(frame)[0]
+        n = read_counter(np.rot90(y, 2), H)
+        assert n is not None and read_counter(y, H) is None
+        counters.append(n)
+        ref = reference_planes(n)[0].astype(np.int16)
+        turned = float(np.abs(y - np.rot90(ref, 2)).mean())
+        unturned = float(np.abs(y - ref).mean())
+        assert turned < 6 and turned < unturned / 4, (turned, unturned)
+    assert counters == sorted(counters)
+
+
+def test_a_sensor_that_cannot_flip_is_a_clear_error(fake: ModuleType) -> None:
+    import picamera2.picamera2 as fake_module
+
+    fake_module.fake_can_flip = False
+    fake_module.fake_cameras = [dict(fake_module.fake_cameras[0], Rotation=0)]  # type: ignore[misc]
+    with pytest.raises(DeviceError, match="cannot turn its picture by 180 degrees"):
+        picam.PicameraRaw(W, H, FPS, rotate=180).open()
+    cam = picam.PicameraRaw(W, H, FPS)  # and the camera was closed again
+    cam.open()
+    cam.close()
+
+
+def test_the_camera_turns_by_180_only(fake: ModuleType) -> None:
+    for degrees in (90, 270, 45):
+        with pytest.raises(ConfigError, match="0 or 180"):
+            picam.PicameraRaw(W, H, FPS, rotate=degrees)
+        with pytest.raises(ConfigError, match="0 or 180"):
+            picam.PicameraEncoded(W, H, FPS, 600, rotate=degrees)
+
+
+def test_the_fake_takes_only_a_libcamera_transform_and_drops_a_transpose(
+    fake: ModuleType,
+) -> None:
+    import libcamera
+
+    picam2 = fake.Picamera2()
+    try:
+        config = picam2.create_video_configuration(main={"format": "YUV420"})
+        assert config["transform"] == libcamera.Transform()  # identity, as the real default
+        with pytest.raises(RuntimeError, match="Transform has incorrect type"):
+            picam2.configure(config | {"transform": "hvflip"})
+        picam2.configure(config | {"transform": libcamera.Transform(rotation=90)})
+        settled = picam2.camera_configuration()["transform"]
+        assert settled == libcamera.Transform(vflip=1)  # rot90 = vflip + transpose; no transpose
+        assert str(libcamera.Transform(hflip=1, vflip=1)) == "<libcamera.Transform 'hvflip'>"
+    finally:
+        picam2.close()
+
+
+def pi_pipeline(rotate: int, filters: tuple[str, ...] = (), platform: str = "VC4") -> Pipeline:
+    import picamera2.platform
+
+    picamera2.platform._platform = picamera2.platform.Platform[platform]
+    settings = Settings(
+        urls=["rtmp://h/live/k"],
+        camera="picamera2",
+        microphone="none",
+        width=W,
+        height=H,
+        fps=FPS,
+        rotate=rotate,
+        filters=filters,
+    )
+    return Pipeline(settings, Fanout())
+
+
+@pytest.mark.parametrize("platform", ["VC4", "PISP"])
+def test_180_on_a_pi_camera_uses_no_filter_graph(fake: ModuleType, platform: str) -> None:
+    pipeline = pi_pipeline(180, platform=platform)
+    assert pipeline.filters is None
+    source = pipeline.encoded if platform == "VC4" else pipeline.camera
+    assert isinstance(source, picam.PicameraEncoded | picam.PicameraRaw)
+    assert source.rotate == 180
+    assert (pipeline.video.config.width, pipeline.video.config.height) == (W, H)
+
+
+def test_180_with_filters_the_camera_turns_and_the_graph_filters(fake: ModuleType) -> None:
+    pipeline = pi_pipeline(180, ("mirror",))
+    assert isinstance(pipeline.camera, picam.PicameraRaw) and pipeline.camera.rotate == 180
+    assert pipeline.filters is not None and pipeline.filters.names == ["mirror"]
+
+
+@pytest.mark.parametrize("degrees", [90, 270])
+def test_a_quarter_turn_on_a_pi_camera_takes_the_raw_path_and_the_graph(
+    fake: ModuleType, degrees: int
+) -> None:
+    pipeline = pi_pipeline(degrees)
+    assert pipeline.encoded is None  # not the hardware encoder: the graph needs raw frames
+    assert isinstance(pipeline.camera, picam.PicameraRaw) and pipeline.camera.rotate == 0
+    assert pipeline.filters is not None and pipeline.filters.names == [f"rotate={degrees}"]
+    assert (pipeline.video.config.width, pipeline.video.config.height) == (H, W)
+    assert pipeline.video.name == "libx264"

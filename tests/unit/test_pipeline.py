@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from streamer.encode import flv
 from streamer.encode.camera import CameraEncoder
 from streamer.exc import ConfigError
 from streamer.hardware.base import AudioSource, EncodedSink, EncodedVideoSource, VideoSource
@@ -223,6 +224,36 @@ def test_filters_are_refused_with_a_camera_that_encodes_itself() -> None:
     with pytest.raises(ConfigError) as caught:
         Settings(urls=["rtmp://h/live/k"], camera=EncodingCamera(), filters=("hflip",))
     assert "filters need raw frames" in caught.value.message
+
+
+def test_rotate_is_refused_with_a_camera_that_encodes_itself() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings(urls=["rtmp://h/live/k"], camera=EncodingCamera(), rotate=180)
+    assert "rotate needs raw frames" in caught.value.message
+
+
+def test_rotate_0_and_no_filters_build_no_graph() -> None:
+    settings = Settings(urls=["rtmp://h/live/k"], camera="sim", microphone="none", rotate=0)
+    pipeline = Pipeline(settings, Fanout())
+    assert pipeline.filters is None
+    assert (pipeline.video.config.width, pipeline.video.config.height) == (1280, 720)
+
+
+def test_a_quarter_turn_opens_the_encoder_at_the_turned_size() -> None:
+    settings = Settings(
+        urls=["rtmp://h/live/k"],
+        camera="sim",
+        microphone="none",
+        width=320,
+        height=180,
+        rotate=270,
+        encoder="libx264",
+    )
+    pipeline = Pipeline(settings, Fanout())
+    assert pipeline.filters is not None and pipeline.filters.names == ["rotate=270"]
+    assert (pipeline.video.config.width, pipeline.video.config.height) == (180, 320)
+    meta = flv.metadata(pipeline.video.config, None, "streamer")
+    assert (meta["width"], meta["height"]) == (180.0, 320.0)  # onMetaData says so
 
 
 def test_an_object_that_is_not_a_source_is_refused_when_the_settings_are_made() -> None:

@@ -17,9 +17,16 @@ timestamp_us)`` with timestamps relative to the encoder's first frame
 (``encoder.firsttimestamp``, µs); the camera is exclusive (a second
 ``Picamera2`` on the same camera fails as a busy camera does).
 
+The configuration's ``transform`` (``libcamera.Transform``, from the fake
+``tests/fakes/libcamera`` as picamera2 imports the real one) flips the
+pictures the camera delivers, as the sensor's read-out does; a transpose is
+dropped, as libcamera does.
+
 Knobs for tests (module attributes of ``picamera2.picamera2``):
 ``fake_cameras`` (what ``global_camera_info()`` lists; ``[]`` = no camera),
-``fake_stalled`` (the sensor stops delivering, as with a loose ribbon cable);
+``fake_stalled`` (the sensor stops delivering, as with a loose ribbon cable),
+``fake_can_flip`` (False: a sensor without flips keeps its mounting
+orientation whatever transform is asked);
 and ``picamera2.platform._platform`` (``Platform.PISP`` = Pi 5, no V4L2 encoder).
 """
 

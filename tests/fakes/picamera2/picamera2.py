@@ -4,6 +4,14 @@ Frames are the sim camera's pictures (frame counter in the corner) written
 into stride-padded YUV420 buffers, ``buffer_count`` of them, stamped with
 ``SensorTimestamp`` from ``time.monotonic_ns()`` (CLOCK_MONOTONIC, as the
 real sensor timestamps are).
+
+The configuration's ``transform`` (a ``libcamera.Transform``, identity by
+default) turns the pictures as the sensor's read-out would: ``hflip`` mirrors
+them left-right, ``vflip`` upside down. As in libcamera
+(``CameraSensor::computeTransform``), a transpose cannot be done and is
+dropped, and a sensor that cannot flip (knob ``fake_can_flip``) keeps its
+mounting orientation (the camera's ``Rotation``); ``camera_configuration()``
+reports the transform applied, as picamera2 reads it back from libcamera.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, TypedDict
 
+import libcamera
 import numpy as np
 import numpy.typing as npt
 
@@ -43,6 +52,7 @@ fake_cameras: list[GlobalCameraInfo] = [
     }
 ]
 fake_stalled = False  # True: the sensor delivers nothing (loose cable)
+fake_can_flip = True  # False: the sensor reads out one way only (transform requests ignored)
 
 STRIDE_ALIGN = 64  # bytes per Y row rounded up to this, so buffers carry padding
 _acquired: set[int] = set()
@@ -97,7 +107,7 @@ class Picamera2:
         main: dict[str, Any] | None = None,
         lores: dict[str, Any] | None = None,
         raw: dict[str, Any] | None = None,
-        transform: Any = None,
+        transform: libcamera.Transform = libcamera.Transform(),  # noqa: B008 (as the real one)
         colour_space: Any = None,
         buffer_count: int = 6,
         controls: dict[str, Any] | None = None,
@@ -118,6 +128,7 @@ class Picamera2:
         stream["size"] = (w - w % 2, h - h % 2)  # align_stream(optimal=False)
         return {
             "use_case": use_case,
+            "transform": transform,
             "buffer_count": buffer_count,
             "queue": queue,
             "main": stream,
@@ -133,13 +144,20 @@ class Picamera2:
             camera_config = self.create_video_configuration()
         if self.started:
             raise RuntimeError("Camera must be stopped before configuring")
+        if "transform" not in camera_config:  # check_camera_config
+            raise RuntimeError("'transform' key expected in camera configuration")
+        if not isinstance(camera_config["transform"], libcamera.Transform):
+            raise RuntimeError("Transform has incorrect type")
         main = dict(camera_config["main"])
         if main["format"] != "YUV420":
             raise RuntimeError(f"the fake supports YUV420 only, not {main['format']}")
         w, h = main["size"]
         main["stride"] = -(-w // STRIDE_ALIGN) * STRIDE_ALIGN
         main["framesize"] = main["stride"] * h * 3 // 2
-        self.camera_config = dict(camera_config) | {"main": main}
+        self.camera_config = dict(camera_config) | {
+            "main": main,
+            "transform": self._settled_transform(camera_config["transform"]),
+        }
         self.stream_map = {"main": main}
         self.encode_stream_name = camera_config.get("encode") or "main"
         self._max_queue_len = 1 if camera_config.get("queue", True) else 0
@@ -148,6 +166,12 @@ class Picamera2:
             rng.integers(0, 256, size=(main["framesize"],), dtype=np.uint8)
             for _ in range(camera_config.get("buffer_count", 6))
         ]
+
+    def _settled_transform(self, asked: libcamera.Transform) -> libcamera.Transform:
+        """What libcamera makes of the transform asked: flips, never a transpose."""
+        if not fake_can_flip:  # the mounting orientation stays
+            return libcamera.Transform(self.global_camera_info()[self.camera_idx]["Rotation"])
+        return libcamera.Transform(hflip=asked.hflip, vflip=asked.vflip)
 
     def camera_configuration(self) -> dict[str, Any]:
         return self.camera_config
@@ -272,6 +296,7 @@ class Picamera2:
     def _run(self, period: float, stop: threading.Event) -> None:
         main = self.camera_config["main"]
         (w, h), stride = main["size"], main["stride"]
+        transform = self.camera_config["transform"]
         sim = SimCamera(w, h, 1.0 / period)
         n = 0
         deadline = time.monotonic()
@@ -286,7 +311,7 @@ class Picamera2:
             if buffer is None:
                 self.frames_dropped += 1
                 continue
-            _fill(buffer, sim.picture(n - 1), w, h, stride)
+            _fill(buffer, _turned(sim.picture(n - 1), w, h, transform), w, h, stride)
             metadata = {
                 "SensorTimestamp": timestamp_ns,
                 "FrameDuration": round(period * 1e6),
@@ -308,6 +333,22 @@ class Picamera2:
                     encoder.encode(encoder.name, request)
             while len(self.completed_requests) > self._max_queue_len:
                 self.completed_requests.pop(0).release()
+
+
+def _turned(
+    picture: npt.NDArray[np.uint8], w: int, h: int, transform: libcamera.Transform
+) -> npt.NDArray[np.uint8]:
+    """A packed yuv420p (h*3/2, w) picture flipped as ``transform`` says, plane by plane."""
+    if not (transform.hflip or transform.vflip):
+        return picture
+    flat, quarter = picture.reshape(-1), w * h // 4
+    planes = [flat[: w * h].reshape(h, w)]
+    for i in (0, 1):
+        start = w * h + i * quarter
+        planes.append(flat[start : start + quarter].reshape(h // 2, w // 2))
+    axes = tuple(axis for axis, on in ((1, transform.hflip), (0, transform.vflip)) if on)
+    out = np.concatenate([np.flip(plane, axis=axes).reshape(-1) for plane in planes])
+    return out.reshape(h * 3 // 2, w)
 
 
 def _fill(
