@@ -663,4 +663,3 @@ def _add_rotation(
         last.link_to(node)
         last = node
     return last
-

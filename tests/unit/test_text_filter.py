@@ -161,3 +161,12 @@ def test_a_right_corner_aligns_the_text_to_the_right_edge() -> None:
     assert columns[0] > overlay.width // 2
     reading = read(luma(chain.process(sim_frame())), overlay, ["abc", "xyz"])
     assert reading.text == "abc" and reading.agreement > 0.4  # the words are where drawn
+
+
+@pytest.mark.parametrize("rotate", [90, 270])
+def test_text_sits_upright_at_its_corner_of_a_turned_picture(rotate: int) -> None:
+    chain = FilterChain([parse_filter("text=Gate 2:bottom-right")], W, H, FPS, rotate=rotate)
+    out = chain.process(sim_frame())
+    assert (out.width, out.height) == (H, W)
+    reading = read(luma(out), overlay_of(chain), ["Gate 2", "Gate 3"])
+    assert reading.text == "Gate 2" and reading.agreement > 0.4
