@@ -47,10 +47,14 @@ def counters(base: str) -> dict[str, float]:
     }
 
 
-def command(base: str, path: str) -> None:
-    request = urllib.request.Request(
-        f"{base}{path}", method="POST", headers={"X-Requested-With": "streamer"}
-    )
+def command(base: str, path: str, body: dict[str, Any] | None = None) -> None:
+    """POST a command as the page does (``body`` as JSON); it must be carried out (204)."""
+    headers = {"X-Requested-With": "streamer"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(f"{base}{path}", data=data, method="POST", headers=headers)
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 204
 

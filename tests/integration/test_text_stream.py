@@ -17,7 +17,7 @@ from streamer.encode.filters import parse_filter
 from streamer.encode.text import TextOverlay
 from streamer.localserver import LocalRtmpServer, free_port
 from tests.conftest import LiveCli
-from tests.integration.test_status_live import status_when
+from tests.integration.test_status_live import command, status_when
 from tests.text_check import read
 
 W, H, FPS = 640, 360, 30
@@ -26,17 +26,6 @@ CLOCK_SPEC = f"text={CLOCK}:top-left:size=24"
 NAME_SPEC = "text=before:bottom-left:size=24"
 CLEAR = 0.4  # a reading this far towards the closest candidate is not a guess
 FRAME_MS = 1000 / FPS
-
-
-def post_text(base: str, text: str, index: int) -> None:
-    request = urllib.request.Request(
-        f"{base}/text",
-        data=json.dumps({"text": text, "index": index}).encode(),
-        method="POST",
-        headers={"X-Requested-With": "streamer", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 204
 
 
 @pytest.mark.slow
@@ -56,7 +45,7 @@ def test_the_clock_ticks_with_the_frames_and_new_text_shows_within_a_second(
         cli.wait_for_event("status page", timeout=10)
         status_when(base, lambda s: s["frames_sent"] > 2 * FPS, 10, "two seconds of frames")
         asked = time.time()
-        post_text(base, "after", 1)
+        command(base, "/text", {"text": "after", "index": 1})
         assert json.loads(urllib.request.urlopen(f"{base}/status", timeout=5).read())["texts"] == [
             CLOCK,
             "after",

@@ -26,14 +26,13 @@ from streamer.exc import ConfigError
 from streamer.hardware.sim import SimCamera
 from streamer.settings import ROTATIONS
 from tests.media_check import read_counter
+from tests.unit import test_filters
 from tests.unit.test_filters import (
-    HOLE,
     LOGO_H,
     LOGO_W,
     FakeClock,
     red_and_hole,
     rgb,
-    write_png,
     yuv_frame,
 )
 
@@ -63,14 +62,8 @@ def picture() -> npt.NDArray[np.uint8]:
     return SimCamera(W, H, FPS).picture(N)
 
 
-@pytest.fixture
-def logo(tmp_path: Path) -> Path:
-    """test_filters' logo: solid red with an off-centre transparent hole (shows if turned)."""
-    rgba = np.zeros((LOGO_H, LOGO_W, 4), np.uint8)
-    rgba[..., 0] = 255
-    rgba[..., 3] = 255
-    rgba[HOLE[0], HOLE[1], 3] = 0
-    return write_png(tmp_path / "logo.png", rgba)
+# test_filters' logo: solid red with an off-centre transparent hole (it shows if turned).
+logo = test_filters.logo
 
 
 @pytest.mark.parametrize("degrees", [90, 180, 270])
