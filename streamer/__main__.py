@@ -410,8 +410,14 @@ async def stream(
     status_security: PageSecurity | None = None,
     streamer: Device | None = None,
     shutdown: asyncio.Event | None = None,
+    own_process: bool = False,
 ) -> None:
-    """Run the device; SIGINT/SIGTERM (or ``shutdown``) end it cleanly."""
+    """Run the device; SIGINT/SIGTERM (or ``shutdown``) end it cleanly.
+
+    ``own_process``: the process is the streamer's alone (the CLI), so what
+    start-up made may be frozen out of the collector's sight (``gc.freeze``);
+    an application that embeds the device keeps its collector as it was.
+    """
     shutdown = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
     streamer = streamer or Device(settings)
@@ -439,10 +445,11 @@ async def stream(
             status = await start_status_page(
                 streamer, panel, port=status_port, host=status_address, security=status_security
             )
-        # What was imported and built so far lives as long as the process: frozen, the
-        # collector's full passes no longer walk it. Walking it took 90-160 ms on a busy
-        # 2-core machine, with the GIL held: the camera thread skipped frames.
-        gc.freeze()
+        if own_process:
+            # What was imported and built so far lives as long as the process: frozen, the
+            # collector's full passes no longer walk it. Walking it took 90-160 ms on a busy
+            # 2-core machine, with the GIL held: the camera thread skipped frames.
+            gc.freeze()
         try:
             await streamer.run(shutdown)
         finally:
@@ -470,7 +477,7 @@ def run_demo(args: argparse.Namespace) -> None:
             f"streaming the simulated camera and microphone for {args.duration:g} s (Ctrl-C stops)",
             flush=True,
         )
-        asyncio.run(stream(settings_from(config, args)))
+        asyncio.run(stream(settings_from(config, args), own_process=True))
         for path in server.recordings():
             print(f"the server recorded {path.stat().st_size / 1e6:.1f} MB ({path.name})")
     print("demo finished; the local server is stopped and its files removed")
@@ -526,6 +533,7 @@ def run(args: argparse.Namespace) -> None:
             status_port=config.status.port,
             status_address=config.status.address,
             status_security=security,
+            own_process=True,
         )
     )
 
