@@ -20,10 +20,10 @@ from tests.conftest import LiveCli
 from tests.integration.test_status_live import command, status_when
 from tests.text_check import read
 
-W, H, FPS = 640, 360, 30
+W, H, FPS = 320, 180, 30
 CLOCK = "%Y-%m-%d %H:%M:%S"
-CLOCK_SPEC = f"text={CLOCK}:top-left:size=24"
-NAME_SPEC = "text=before:bottom-left:size=24"
+CLOCK_SPEC = f"text={CLOCK}:top-left:size=16"
+NAME_SPEC = "text=before:bottom-left:size=16"
 CLEAR = 0.4  # a reading this far towards the closest candidate is not a guess
 FRAME_MS = 1000 / FPS
 
