@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Refuse to run the heavy tests side by side: xdist groups tests by a suffix it writes
     into the node id, which pytest 9.2 no longer reads (the grouping silently stopped)."""
-    if not session.config.getvalue("loadgroup"):
+    if not getattr(session.config.option, "loadgroup", False):  # xdist sets it on workers
         return  # not a worker of --dist loadgroup
     ungrouped = [
         item.nodeid
