@@ -28,6 +28,11 @@ $(NODE_STAMP): tests/interop/package.json tests/interop/package-lock.json
 demo: setup
 	$(BIN)/streamer demo
 
+# Python may write its bytecode caches (a machine may say otherwise in its environment):
+# without them every test process rewrites and compiles every test module again, about 5 s
+# of CPU each.
+unexport PYTHONDONTWRITEBYTECODE
+
 # Everything, as CI runs it: four test processes at once (most tests wait on real time,
 # streams and servers, not on the CPU; those marked `heavy` take turns in one of them), then
 # the tests marked `alone` (they load the machine on purpose) by themselves. The 15 slowest
