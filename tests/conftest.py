@@ -36,13 +36,20 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"screenshot of the status page: {shot}")
 
 
+# Markers whose tests take turns in one test process (an xdist group each).
+TAKING_TURNS = ("heavy", "cpu_bound")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which reads xdist_group into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked ``heavy`` run one after another in one test process (first, as they
-    take longest), never side by side: each measures latency while using a core."""
+    take longest), never side by side: each measures latency while using a core. Those
+    marked ``cpu_bound`` (property tests that keep a core busy for seconds) take turns in
+    another, so that never more than one of them starves the streams of the others."""
     for item in items:
-        if item.get_closest_marker("heavy"):
-            item.add_marker(pytest.mark.xdist_group("heavy"))
+        for marker in TAKING_TURNS:
+            if item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.xdist_group(marker))
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
 
 
@@ -54,12 +61,14 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     ungrouped = [
         item.nodeid
         for item in session.items
-        if item.get_closest_marker("heavy") and not item.nodeid.endswith("@heavy")
+        for marker in TAKING_TURNS
+        if item.get_closest_marker(marker) and not item.nodeid.endswith(f"@{marker}")
     ]
     if ungrouped:
         why = (
-            f"xdist did not group the heavy tests ({ungrouped[0]} has no @heavy): they would "
-            "run side by side; pytest and pytest-xdist as pyproject.toml pins them do"
+            f"xdist did not group the tests that take turns ({ungrouped[0]} has no group "
+            "suffix): they would run side by side; pytest and pytest-xdist as pyproject.toml "
+            "pins them do"
         )
         print(f"\n{why}", file=sys.__stderr__)  # a worker's own errors reach no report
         raise pytest.UsageError(why)

@@ -26,6 +26,8 @@ from streamer.rtmp.amf0 import (
 )
 
 FAST = settings(max_examples=400, deadline=None)
+# Its property tests keep a core busy for seconds: they take turns with the other such tests.
+pytestmark = pytest.mark.cpu_bound
 
 
 def u16(n: int) -> bytes:

@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from streamer.rtmp.chunk import ChunkReader, ChunkWriter, Message
 
 FAST = settings(max_examples=300, deadline=None)
+# Its property tests keep a core busy for seconds: they take turns with the other such tests.
+pytestmark = pytest.mark.cpu_bound
 EXT = 0xFFFFFF
 
 
