@@ -109,8 +109,11 @@ def test_link_cut_to_40_percent_for_15_s(rtmp_server: LocalRtmpServer) -> None:
     events = bitrate_events(cli)
     lowered = [kbps for t, kbps in events if squeeze_start <= t <= restored and kbps < KBPS]
     assert lowered, f"target bitrate not lowered during the squeeze: {events}"
-    raised = [kbps for t, kbps in events if t > restored and kbps > min(lowered)]
-    assert raised, f"target bitrate not raised after the squeeze: {events}"
+    # Back up once the link is: the target in effect at the end. (The controller probes
+    # upward after seconds of a calm queue; a probe that falls in the squeeze's last moments
+    # holds, with nothing left to raise after it.)
+    final = [kbps for t, kbps in events if t > squeeze_start][-1]
+    assert final > min(lowered), f"target bitrate not raised after the squeeze: {events}"
 
 
 def test_sustained_link_at_70_percent(rtmp_server: LocalRtmpServer) -> None:
