@@ -125,7 +125,7 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-video-bitrate",
         type=_ranged(int, 50, 50000, " kbps"),
-        help="adaptive bitrate never goes below this (300 kbps)",
+        help="adaptive bitrate never goes below this (100 kbps)",
     )
     p.add_argument(
         "--no-adaptive-bitrate",

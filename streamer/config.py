@@ -90,7 +90,7 @@ class AudioSection:
 @dataclass(frozen=True, slots=True)
 class NetworkSection:
     drop_threshold_ms: int = 700
-    min_video_bitrate_kbps: int = 300
+    min_video_bitrate_kbps: int = 100
     adaptive_bitrate: bool = True
     max_reconnects: int = 10
     reconnect_delay_s: float = 1.0  # the first reconnect delay; doubles on each attempt

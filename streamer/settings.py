@@ -113,7 +113,7 @@ class Settings:
     stall_timeout: float = 10.0
     error_cooldown: float = 60.0  # service mode: seconds in error before trying again
     drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS
-    min_video_bitrate_kbps: int = 300
+    min_video_bitrate_kbps: int = 100
     adaptive_bitrate: bool = True
     encoder: str = "auto"
     filters: tuple[str, ...] = ()

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamer.net.bitrate import BitrateController
+from streamer.settings import Settings
 
 
 class Link:
@@ -282,3 +283,20 @@ def test_a_link_back_slower_is_not_overshot_again_and_again(dark_s: float, after
     link.run(90.0)
     late = [kbps for t, kbps in link.changes if t > link.now - 40]
     assert late and max(late) <= after_kbps, link.changes[-12:]
+
+
+def test_the_default_floor_fits_a_collapsed_cellular_link_with_its_audio() -> None:
+    """A cellular link that carries 270 kbit/s for a while (ATT's trace at 982-1012 s):
+    with the default floor and 128 kbit/s of audio the stream fits, and the queue (so
+    the viewer's delay) drains instead of standing at the drop threshold. A 300 kbit/s
+    floor left 428 kbit/s to carry and frames over a second late."""
+    defaults = Settings(urls=("rtmp://127.0.0.1/live/key",))
+    ctl = BitrateController(
+        1000, min_kbps=defaults.min_video_bitrate_kbps, audio_kbps=defaults.audio_bitrate_kbps
+    )
+    link = Link(ctl, link_kbps=270)
+    link.start()
+    link.run(30)
+    assert ctl.target_kbps + ctl.audio_kbps < 270
+    link.run(10)
+    assert link.queue_ms() < 100

@@ -144,7 +144,7 @@ def test_defaults_are_the_documented_ones() -> None:
     assert c.stream == StreamSection(url=None, key_file=None)
     assert c.video == VideoSection("sim", (1280, 720), 30.0, 2500, "auto")
     assert c.audio == AudioSection("sim", 128)
-    assert c.network == NetworkSection(700, 300, True, 10, 1.0, 30.0, 60.0)
+    assert c.network == NetworkSection(700, 100, True, 10, 1.0, 30.0, 60.0)
     assert c.record == RecordSection(dir=None, minutes=5.0, keep_gb=0.0)  # no recording
 
 

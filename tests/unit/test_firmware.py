@@ -164,7 +164,7 @@ def test_config_parses_and_follows_the_schema() -> None:
     assert config["audio"] == {"microphone": "alsa:default", "bitrate_kbps": 128}
     assert config["network"] == {
         "drop_threshold_ms": 700,
-        "min_video_bitrate_kbps": 300,
+        "min_video_bitrate_kbps": 100,
         "adaptive_bitrate": True,
         "max_reconnects": 10,
         "reconnect_delay_s": 1,
