@@ -19,7 +19,7 @@ from streamer.device import Device as StreamerDevice
 from streamer.localserver import LocalRtmpServer, free_port
 from streamer.settings import Settings
 from tests.conftest import LiveCli
-from tests.media_check import analyze_file
+from tests.media_check import CAPTURE_FLOOR, analyze_file
 
 pytestmark = pytest.mark.slow  # each test here takes more than 5 s
 
@@ -90,8 +90,9 @@ def test_short_presses_stop_and_start_the_stream(
     for report in (first, second):
         assert report.decode_errors == []
         assert report.video_keyframes[0]
-    assert len(first.video_pts_ms) >= 2 * 30 * 0.9
-    assert len(second.video_pts_ms) >= 3 * 30 * 0.9
+    # a camera on a busy machine skips frames: a floor that a stalled capture would miss
+    assert len(first.video_pts_ms) >= 2 * 30 * CAPTURE_FLOOR
+    assert len(second.video_pts_ms) >= 3 * 30 * CAPTURE_FLOOR
 
 
 def test_holding_the_button_clears_an_error(

@@ -20,10 +20,19 @@ from streamer.rtmp import client
 from streamer.rtmp.client import INSECURE_WARNING, RtmpPublisher
 from streamer.rtmp.url import parse_url
 from tests.conftest import CliResult, run_cli
-from tests.media_check import analyze_file
+from tests.media_check import CAPTURE_FLOOR, MediaReport, analyze_file
 
 DURATION = 5
 FPS = 30
+
+
+def assert_all_captured_arrived(result: CliResult, report: MediaReport, seconds: float) -> None:
+    """What the camera captured while live is in the recording. On a busy machine the camera
+    skips frames, as a sensor does: only a floor that a stalled capture would miss is put
+    under the capture itself (tests/media_check.CAPTURE_FLOOR)."""
+    delivered, captured = result.delivered()
+    assert len(report.video_pts_ms) >= captured - 1 and delivered >= captured - 2
+    assert captured >= CAPTURE_FLOOR * seconds * FPS, captured
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ def test_streams_over_rtmps_to_a_server_with_a_private_ca(
     report = analyze_file(recording)
     assert (report.width, report.height) == (320, 180)
     assert report.decode_errors == []
-    assert len(report.video_pts_ms) >= 0.9 * DURATION * FPS
+    assert_all_captured_arrived(result, report, DURATION)
     assert report.frames_decoded == len(report.video_pts_ms)
     assert report.video_keyframes[0], "the first video packet must be a keyframe"
 
@@ -187,4 +196,4 @@ def test_insecure_flag_streams_to_a_self_signed_server(
     [recording] = self_signed_server.recordings()
     report = analyze_file(recording)
     assert report.decode_errors == [] and report.video_keyframes[0]
-    assert len(report.video_pts_ms) >= 0.9 * 3 * 30
+    assert_all_captured_arrived(result, report, 3)
