@@ -8,6 +8,10 @@ milliseconds, with ``now`` in seconds from any monotonic clock.
 from __future__ import annotations
 
 MIN_CHANGE = 0.05  # a decrease smaller than this fraction of the target is not worth a reconfig
+# A raise adds at least this much: 10 % of a floor of 100 kbit/s would take a minute and a
+# half of calm periods back to 1000 (a session that started in a dip has nothing to recover
+# to); above 500 kbit/s the 10 % step is the larger.
+MIN_RAISE_KBPS = 50
 
 
 class BitrateController:
@@ -35,8 +39,8 @@ class BitrateController:
     first calm update, the target rises (capped at ``max_kbps``) and the calm timer
     restarts, so it rises at most once per ``calm_period``; the timer restarts too
     when the target is already at ``max_kbps``. A single update above
-    ``calm_queue_ms`` breaks the run. The step is ``increase_factor`` (rounded; a
-    target so small that rounding eats it stays put), except after a dip: then it
+    ``calm_queue_ms`` breaks the run. The step is ``increase_factor`` (rounded), and at
+    least ``MIN_RAISE_KBPS`` unless ``increase_factor`` is 1, except after a dip: then it
     rises at once to ``recover_to_kbps`` (if that is more), the last target the
     link carried with the queue calm for a whole ``calm_period`` before the dip.
     Decreases less than ``2 * calm_period`` apart, with no raise between them,
@@ -172,6 +176,8 @@ class BitrateController:
         self._carried_kbps = self.target_kbps
         self._last_decrease = None  # a raise ends the dip: a failed one starts a new one
         raised = round(self.target_kbps * self.increase_factor)
+        if self.increase_factor > 1:
+            raised = max(raised, self.target_kbps + MIN_RAISE_KBPS)
         if self.target_kbps < self.recover_to_kbps:
             raised = max(raised, self.recover_to_kbps)
         raised = min(self.max_kbps, raised)

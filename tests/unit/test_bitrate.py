@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -300,3 +302,20 @@ def test_the_default_floor_fits_a_collapsed_cellular_link_with_its_audio() -> No
     assert ctl.target_kbps + ctl.audio_kbps < 270
     link.run(10)
     assert link.queue_ms() < 100
+
+
+def test_from_a_low_floor_each_raise_adds_at_least_50_kbps() -> None:
+    """A session that started in a dip sits at the floor with nothing to recover to: raises
+    of 10 % would take twelve calm periods (48 s) from 100 to 300 kbit/s; four here."""
+    ctl = BitrateController(1000, min_kbps=100, audio_kbps=128)
+    link = Link(ctl, link_kbps=0)
+    link.start()
+    link.run(3.0)
+    assert ctl.target_kbps == 100  # the dip at the start: down to the floor
+    link.link_kbps = 1100
+    back = link.now
+    link.run(30.0)
+    reached = [t for t, kbps in link.changes if kbps >= 300]
+    assert reached and reached[0] - back <= 4 * 4.0 + 4.0, link.changes
+    rises = [b - a for (_, a), (_, b) in itertools.pairwise(link.changes) if b > a]
+    assert rises and min(rises) >= 50, link.changes
