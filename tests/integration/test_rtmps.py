@@ -30,8 +30,8 @@ def assert_all_captured_arrived(result: CliResult, report: MediaReport, seconds:
     """What the camera captured while live is in the recording. On a busy machine the camera
     skips frames, as a sensor does: only a floor that a stalled capture would miss is put
     under the capture itself (tests/media_check.CAPTURE_FLOOR)."""
-    delivered, captured = result.delivered()
-    assert len(report.video_pts_ms) >= captured - 1 and delivered >= captured - 2
+    _, captured = result.delivered()  # (acks: frames this small share one ack window)
+    assert len(report.video_pts_ms) >= captured - 1, (len(report.video_pts_ms), captured)
     assert captured >= CAPTURE_FLOOR * seconds * FPS, captured
 
 
