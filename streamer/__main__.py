@@ -29,6 +29,7 @@ from streamer.config import DEFAULT_PATH, Config, destinations, load_config, wit
 from streamer.controls.panel import open_controls
 from streamer.device import Device
 from streamer.exc import ConfigError, StreamerError
+from streamer.net.bitrate import DEFAULT_MIN_KBPS
 from streamer.settings import Settings
 from streamer.state import ERROR, LIVE, RECONNECTING, mermaid_diagram
 from streamer.systemd import Notifier, watchdog_pings
@@ -125,7 +126,7 @@ def _add_stream_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-video-bitrate",
         type=_ranged(int, 50, 50000, " kbps"),
-        help="adaptive bitrate never goes below this (100 kbps)",
+        help=f"adaptive bitrate never goes below this ({DEFAULT_MIN_KBPS} kbps)",
     )
     p.add_argument(
         "--no-adaptive-bitrate",

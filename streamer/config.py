@@ -46,6 +46,8 @@ import structlog
 from streamer import backends
 from streamer import log as logsetup
 from streamer.exc import ConfigError
+from streamer.net.bitrate import DEFAULT_MIN_KBPS
+from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS
 from streamer.rtmp.url import RtmpUrl, parse_url
 from streamer.settings import NAME_PATTERN, NAME_RULE, ROTATE_RULE, ROTATIONS, Target, targets
 
@@ -89,8 +91,8 @@ class AudioSection:
 
 @dataclass(frozen=True, slots=True)
 class NetworkSection:
-    drop_threshold_ms: int = 700
-    min_video_bitrate_kbps: int = 100
+    drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS
+    min_video_bitrate_kbps: int = DEFAULT_MIN_KBPS
     adaptive_bitrate: bool = True
     max_reconnects: int = 10
     reconnect_delay_s: float = 1.0  # the first reconnect delay; doubles on each attempt

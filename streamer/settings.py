@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from streamer import backends
 from streamer.exc import ConfigError
+from streamer.net.bitrate import DEFAULT_MIN_KBPS
 from streamer.net.sendqueue import DEFAULT_DROP_THRESHOLD_MS
 from streamer.rtmp.url import RtmpUrl, parse_url
 
@@ -113,7 +114,7 @@ class Settings:
     stall_timeout: float = 10.0
     error_cooldown: float = 60.0  # service mode: seconds in error before trying again
     drop_threshold_ms: int = DEFAULT_DROP_THRESHOLD_MS
-    min_video_bitrate_kbps: int = 100
+    min_video_bitrate_kbps: int = DEFAULT_MIN_KBPS
     adaptive_bitrate: bool = True
     encoder: str = "auto"
     filters: tuple[str, ...] = ()

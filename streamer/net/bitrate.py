@@ -7,6 +7,10 @@ milliseconds, with ``now`` in seconds from any monotonic clock.
 
 from __future__ import annotations
 
+# The floor a device streams with unless told otherwise: low enough that a collapsing
+# cellular link (270 kbit/s) still carries the picture and 128 kbit/s of audio live
+# (docs/design.md, "Cellular links").
+DEFAULT_MIN_KBPS = 100
 MIN_CHANGE = 0.05  # a decrease smaller than this fraction of the target is not worth a reconfig
 # A raise adds at least this much: 10 % of a floor of 100 kbit/s would take a minute and a
 # half of calm periods back to 1000 (a session that started in a dip has nothing to recover
@@ -66,7 +70,7 @@ class BitrateController:
     def __init__(
         self,
         max_kbps: int,
-        min_kbps: int = 300,
+        min_kbps: int = DEFAULT_MIN_KBPS,
         audio_kbps: int = 0,
         *,
         sample_period: float = 1.0,
