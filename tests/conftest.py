@@ -21,6 +21,7 @@ import structlog
 
 from streamer import log as logsetup
 from streamer.localserver import LocalRtmpServer
+from tests.media_check import CAPTURE_FLOOR
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -120,6 +121,15 @@ class CliResult:
         [line] = [x for x in self.stderr.splitlines() if "delivered" in x and "captured_live" in x]
         numbers = dict(re.findall(r'(video_frames|captured_live)"?[=:] ?(\d+)', line))
         return int(numbers["video_frames"]), int(numbers["captured_live"])
+
+    def captured_live(self, seconds: float, fps: float) -> tuple[int, int]:
+        """``delivered()``, after checking the capture against a floor that a stalled camera
+        would miss (``CAPTURE_FLOOR``); the rate a camera keeps on a busy machine is the
+        machine's speed, a benchmark's business (bench/)."""
+        delivered, captured = self.delivered()
+        floor = CAPTURE_FLOOR * seconds * fps
+        assert captured >= floor, f"{captured} frames captured live, under {floor:.0f}"
+        return delivered, captured
 
 
 def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -20,19 +20,10 @@ from streamer.rtmp import client
 from streamer.rtmp.client import INSECURE_WARNING, RtmpPublisher
 from streamer.rtmp.url import parse_url
 from tests.conftest import CliResult, run_cli
-from tests.media_check import CAPTURE_FLOOR, MediaReport, analyze_file
+from tests.media_check import analyze_file
 
 DURATION = 5
 FPS = 30
-
-
-def assert_all_captured_arrived(result: CliResult, report: MediaReport, seconds: float) -> None:
-    """What the camera captured while live is in the recording. On a busy machine the camera
-    skips frames, as a sensor does: only a floor that a stalled capture would miss is put
-    under the capture itself (tests/media_check.CAPTURE_FLOOR)."""
-    _, captured = result.delivered()  # (acks: frames this small share one ack window)
-    assert len(report.video_pts_ms) >= captured - 1, (len(report.video_pts_ms), captured)
-    assert captured >= CAPTURE_FLOOR * seconds * FPS, captured
 
 
 @dataclass(frozen=True)
@@ -102,7 +93,10 @@ def test_streams_over_rtmps_to_a_server_with_a_private_ca(
     report = analyze_file(recording)
     assert (report.width, report.height) == (320, 180)
     assert report.decode_errors == []
-    assert_all_captured_arrived(result, report, DURATION)
+    # everything captured while live is recorded (at 320x180 the last 4 KiB ack window
+    # holds several frames, so the server's acks are not counted)
+    _, captured = result.captured_live(DURATION, FPS)
+    assert len(report.video_pts_ms) >= captured - 1, (len(report.video_pts_ms), captured)
     assert report.frames_decoded == len(report.video_pts_ms)
     assert report.video_keyframes[0], "the first video packet must be a keyframe"
 
@@ -196,4 +190,5 @@ def test_insecure_flag_streams_to_a_self_signed_server(
     [recording] = self_signed_server.recordings()
     report = analyze_file(recording)
     assert report.decode_errors == [] and report.video_keyframes[0]
-    assert_all_captured_arrived(result, report, 3)
+    _, captured = result.captured_live(3, FPS)
+    assert len(report.video_pts_ms) >= captured - 1, (len(report.video_pts_ms), captured)

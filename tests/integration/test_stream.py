@@ -54,13 +54,10 @@ def test_ten_seconds_recorded_by_the_server_decode_completely(
     assert report.decode_errors == []
     # every frame captured while live reached the server and is in its recording; a camera
     # on a busy machine (`make test` runs four tests at once) may have skipped a few
-    delivered, captured = result.delivered()
+    delivered, captured = result.captured_live(DURATION, FPS)
     print(f"{len(report.video_pts_ms)} frames recorded, {delivered} acknowledged of {captured}")
     # (the server's last acknowledgement may not have come before the end)
     assert len(report.video_pts_ms) >= captured - 1 and delivered >= captured - 2
-    # the rate a camera keeps is the machine's speed, a benchmark's business (bench/):
-    # here only a floor that a stalled capture would miss
-    assert captured >= CAPTURE_FLOOR * DURATION * FPS
     assert report.frames_decoded == len(report.video_pts_ms)
     assert len(report.audio_pts_ms) >= 0.97 * DURATION * AUDIO_FRAMES_PER_S
     assert report.video_keyframes[0], "the first video packet must be a keyframe"
