@@ -303,6 +303,7 @@ class Destination:
         assert self.outbox is not None
         publisher = self._factory(self.target, self.s)
         self.publisher = publisher
+        self._stats_bytes = 0  # a new connection counts its bytes from 0
         if not await self._connect(publisher):
             return  # stopped while connecting
         start_ms, self._first_session_ms = self._first_session_ms, 0
@@ -385,6 +386,13 @@ class Destination:
                 self.delivery.written(publisher.bytes_sent)
             written += 1
         return written
+
+    def begin_rates(self, now: float) -> None:
+        """A stream starts: its first stats interval counts from ``now``, not from an earlier
+        stream or the clock's zero (which made a first interval's rates near 0)."""
+        publisher = self.publisher
+        self._stats_at, self._stats_frames = now, self.frames_sent
+        self._stats_bytes = publisher.bytes_sent if publisher is not None else 0
 
     def sample_rates(self, now: float) -> None:
         """kbit/s and frames/s since the last sample (the stats interval)."""

@@ -519,6 +519,8 @@ class Device:
         )
         self._tasks = {d: asyncio.create_task(d.run(media)) for d in self.destinations}
         self._stats_at = self._clock()
+        for d in self.destinations:
+            d.begin_rates(self._stats_at)
         while not shutdown.is_set() and self._want_running:
             self._wake.clear()
             now = self._clock()

@@ -22,7 +22,7 @@ import pytest
 import structlog
 
 from streamer import log as logsetup
-from streamer.device import Device, derived_state
+from streamer.device import STATS_INTERVAL, Device, derived_state
 from streamer.encode.filters import FilterChain, parse_filter
 from streamer.exc import ConfigError, ConnectFailed, DeliveryFailed, DeviceError, PublishRejected
 from streamer.net.bitrate import BitrateController
@@ -333,6 +333,22 @@ async def test_a_timed_run_whose_server_acknowledged_nothing_fails() -> None:
         error = await run.outcome()
     assert isinstance(error, DeliveryFailed)
     assert error.message.startswith("only 0 of ")
+
+
+@scenario
+async def test_the_first_stats_interval_counts_the_frames_of_that_interval() -> None:
+    clock = FakeClock()
+    clock.advance(1e6)  # a machine up for 11 days: the clock is far from zero
+    async with running(quick(), clock) as run:
+        await run.until_state(LIVE)
+        d = run.device.destinations[0]
+        await until(lambda: d.frames_sent >= 10, "ten frames")
+        clock.advance(STATS_INTERVAL)
+        await until(lambda: run.device.numbers()["fps"] > 0, "the first stats line")
+        fps, frames = run.device.numbers()["fps"], d.frames_sent
+    # All frames so far were sent within the interval (5 s of fake time plus the real
+    # fraction of a second this took); counted from the clock's zero, fps read 0.0.
+    assert 0.5 * frames / STATS_INTERVAL <= fps <= frames / STATS_INTERVAL
 
 
 class FixedBitrate(BitrateController):
