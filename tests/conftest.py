@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import io
 import json
 import logging
 import os
@@ -91,6 +93,19 @@ def logging_as_it_was() -> Iterator[None]:
     root.handlers[:], root.level = handlers, level
     vars(logsetup._output).clear()
     vars(logsetup._output).update(output)
+
+
+@pytest.fixture
+def log_lines() -> io.StringIO:
+    """Every log line as JSON, here.
+
+    Devices of earlier tests in this process are collected first: one left as garbage counts
+    as alive, and its stream key (``gpio``, say) would hide that word in these lines.
+    """
+    gc.collect()
+    out = io.StringIO()
+    logsetup.configure("info", "json", stream=out)
+    return out
 
 
 @pytest.fixture

@@ -14,17 +14,9 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
-from streamer import log as logsetup
 from streamer.controls import MISSING_GPIOZERO
 from streamer.controls.panel import Controls, open_controls
 from streamer.state import DeviceState
-
-
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    out = io.StringIO()
-    logsetup.configure("info", "json", stream=out)
-    yield out
 
 
 @pytest.fixture

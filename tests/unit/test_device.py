@@ -8,12 +8,11 @@ reasons, what each server received, what the encoder was told, what
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import itertools
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import pytest
 import structlog
 
-from streamer import log as logsetup
 from streamer.device import STATS_INTERVAL, Device, derived_state
 from streamer.encode.filters import FilterChain, parse_filter
 from streamer.exc import ConfigError, ConnectFailed, DeliveryFailed, DeviceError, PublishRejected
@@ -462,15 +460,6 @@ async def test_start_in_error_tries_again_now() -> None:
 # -- two devices in one process -------------------------------------------------
 
 
-@pytest.fixture
-def log_lines() -> Iterator[io.StringIO]:
-    """Every log line as JSON, here; plain lines on stderr again afterwards."""
-    out = io.StringIO()
-    logsetup.configure("info", "json", stream=out)
-    yield out
-    logsetup.configure("info", "plain")
-
-
 def test_two_devices_log_their_own_state_and_never_a_key(log_lines: io.StringIO) -> None:
     """One live, one in error for a server that repeats its key in its refusal."""
     refusal = PublishRejected("NetStream.Publish.Unauthorized", "stream KeyB2 is not allowed")
@@ -523,7 +512,6 @@ def test_two_devices_log_their_own_state_and_never_a_key(log_lines: io.StringIO)
 
 def test_a_thread_of_the_only_device_alive_logs_as_that_device(log_lines: io.StringIO) -> None:
     """A capture thread does not inherit the device's context; alone, the device is known."""
-    gc.collect()  # devices of earlier tests: gone
 
     async def test() -> None:
         async with running(quick()) as run:
