@@ -389,10 +389,9 @@ class Destination:
 
     def begin_rates(self, now: float) -> None:
         """A stream starts: its first stats interval counts from ``now``, not from an earlier
-        stream or the clock's zero (which made a first interval's rates near 0)."""
-        publisher = self.publisher
+        stream or the clock's zero (which made a first interval's rates near 0). Its bytes
+        count from each connection's start (``_stream_once``)."""
         self._stats_at, self._stats_frames = now, self.frames_sent
-        self._stats_bytes = publisher.bytes_sent if publisher is not None else 0
 
     def sample_rates(self, now: float) -> None:
         """kbit/s and frames/s since the last sample (the stats interval)."""
